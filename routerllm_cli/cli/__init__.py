@@ -1,0 +1,1 @@
+"""Typer glue: the only package that knows about the command line."""

@@ -1,0 +1,60 @@
+"""Shared Annotated option types, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML config (default: $ROUTERLLM_CONFIG, else built-in defaults).",
+                 show_default=False),
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Catalog name (see `routerllm preflight --list-models`), hub id, local dir or .gguf file.",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ResultsDirOpt = Annotated[
+    Optional[Path], typer.Option("--results-dir", help="Where run folders are written (default: bench.results_dir).",
+                                 show_default=False)
+]
+Use4bitOpt = Annotated[Optional[bool], typer.Option("--4bit/--no-4bit", help="Override use_4bit.", show_default=False)]
+Use8bitOpt = Annotated[Optional[bool], typer.Option("--8bit/--no-8bit", help="Override use_8bit.", show_default=False)]
+MaxMemoryOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--max-memory", help='Per-device budget, repeatable: --max-memory 0=70GB --max-memory cpu=200GB.',
+                 show_default=False),
+]
+
+
+def model_overrides(model: str | None = None, use_4bit: bool | None = None, use_8bit: bool | None = None,
+                    max_memory: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """Only the flags the user set, as nested overrides for `models.large_llm` (flags beat env and YAML)."""
+    from routerllm_cli.errors import ConfigError
+
+    spec: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if model is not None:
+        spec["name"] = model
+        spec["model_id"] = None
+        spec["gguf_file"] = None
+    if use_4bit is not None:
+        spec["use_4bit"] = use_4bit
+        if use_4bit:
+            spec.setdefault("use_8bit", False)
+    if use_8bit is not None:
+        spec["use_8bit"] = use_8bit
+        if use_8bit:
+            spec.setdefault("use_4bit", False)
+    if max_memory:
+        budgets = {}
+        for item in max_memory:
+            if "=" not in item:
+                raise ConfigError(f"--max-memory {item!r} has no device", fix="write it as DEVICE=SIZE, e.g. 0=70GB or cpu=200GB")
+            dev, size = item.split("=", 1)
+            budgets[dev.strip()] = size.strip()
+        spec["max_memory"] = budgets
+    return {"models": {"large_llm": spec}} if spec else {}

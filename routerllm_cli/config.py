@@ -1,0 +1,269 @@
+"""The one configuration model shared by every command, its sources and its validation rules.
+
+Precedence, highest first: command-line flags > `ROUTERLLM_*` environment variables (nested with `__`, e.g.
+`ROUTERLLM_BENCH__NUM_EXAMPLES=20`) > the YAML file (`--config` or `ROUTERLLM_CONFIG`) > defaults.
+Only flags the user actually set are passed in, so an unset flag never hides the YAML. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from routerllm_cli.errors import ConfigError
+from routerllm_cli.units import format_bytes, parse_size
+
+Dtype = Literal["bfloat16", "float16", "float32", "auto"]
+BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0, "int8": 1.0, "nf4": 0.5}
+# NF4 stores 4 bits a weight plus one absmax per 64-weight block (fp32, or 8-bit with double quantization).
+NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """One model and how to place it (the setup guide's `models.large_llm` block)."""
+
+    name: str = "smollm2_135m"
+    model_id: str | None = None  # hub id or local path; defaults to the catalog's id for `name`
+    gguf_file: str | None = None
+    max_memory: dict[int | Literal["cpu", "disk"], int] = Field(default_factory=dict)
+    use_4bit: bool = False
+    use_8bit: bool = False
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    use_flash_attention: bool = False
+    torch_dtype: Dtype = "bfloat16"
+    device_map: Literal["auto", "balanced", "sequential"] | dict[str, int | str] = "auto"
+    offload_folder: Path | None = None
+    offload_state_dict: bool = True
+    offload_engine: Literal["routerllm", "accelerate"] = "routerllm"
+    pin_memory_budget: int | None = None  # bytes of pinned host memory the offload engine may use
+    trust_remote_code: bool = False
+    # Prices used by `compare`: per GPU-hour, or per million tokens for API-priced models.
+    price_per_gpu_hour: float | None = None
+    usd_per_mtok_in: float | None = None
+    usd_per_mtok_out: float | None = None
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _parse_max_memory(cls, value: Any) -> dict[int | str, int]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError('max_memory must be a mapping like {0: "70GB", 1: "70GB", cpu: "200GB"}')
+        out: dict[int | str, int] = {}
+        for key, size in value.items():
+            k = str(key).strip().lower()
+            if k.isdigit():
+                dev: int | str = int(k)
+            elif k in ("cpu", "disk"):
+                dev = k
+            else:
+                raise ValueError(f"max_memory key {key!r} is not a GPU ordinal (0, 1, ...), 'cpu' or 'disk'")
+            try:
+                out[dev] = parse_size(size, what=f"max_memory[{key}]")
+            except ConfigError as exc:
+                raise ValueError(exc.one_line()) from None
+        return out
+
+    @field_validator("pin_memory_budget", mode="before")
+    @classmethod
+    def _parse_pin(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value, what="pin_memory_budget")
+
+    @model_validator(mode="after")
+    def _rules(self) -> "ModelSpec":
+        if self.use_4bit and self.use_8bit:
+            raise ValueError("use_4bit and use_8bit are exclusive: set only one of them to true")
+        if self.use_flash_attention and self.torch_dtype == "float32":
+            raise ValueError("use_flash_attention needs fp16/bf16: set torch_dtype: bfloat16 (or use_flash_attention: false)")
+        uses_disk = "disk" in self.max_memory or (
+            isinstance(self.device_map, dict) and "disk" in {str(v) for v in self.device_map.values()}
+        )
+        if uses_disk and self.offload_folder is None:
+            raise ValueError("disk offload needs a folder: set offload_folder: ./offload")
+        return self
+
+    @property
+    def gpu_budgets(self) -> dict[int, int]:
+        return {k: v for k, v in self.max_memory.items() if isinstance(k, int)}
+
+    @property
+    def quantization(self) -> Literal["none", "4bit", "8bit"]:
+        return "4bit" if self.use_4bit else "8bit" if self.use_8bit else "none"
+
+    @property
+    def weight_dtype(self) -> str:
+        """The storage format of most weights: 'nf4', 'int8' or the torch dtype."""
+        return "nf4" if self.use_4bit else "int8" if self.use_8bit else self.torch_dtype
+
+    def offload_notes(self) -> list[str]:
+        """What the chosen placement means for the operator (shown, never an error)."""
+        notes = []
+        if (self.use_4bit or self.use_8bit) and ({"cpu", "disk"} & set(self.max_memory)):
+            notes.append(
+                "with quantization and CPU/disk entries, stock transformers keeps offloaded layers in 16-bit "
+                "(about 4x their NF4 size on the bus); routerllm's offload engine keeps them 4-bit"
+                if self.offload_engine == "routerllm"
+                else "with quantization and CPU/disk entries, offloaded layers stay unquantized in 16-bit: "
+                "about 4x (4-bit) or 2x (8-bit) more host memory and bus traffic than the GPU layers"
+            )
+        return notes
+
+
+class RouterSpec(_Strict):
+    """The router's pool of smaller models, cheapest first, and its policy."""
+
+    policy: Literal["heuristic", "cascade", "random", "oracle"] = "cascade"
+    thresholds: list[float] = Field(default_factory=lambda: [0.5])
+    seed: int = 0
+    pool: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(name="smollm2_135m"), ModelSpec(name="gemma3_270m")])
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "RouterSpec":
+        if self.policy == "heuristic" and len(self.thresholds) != max(len(self.pool) - 1, 0):
+            raise ValueError(
+                f"router.thresholds needs {len(self.pool) - 1} values for a pool of {len(self.pool)} models"
+            )
+        if any(not 0.0 <= t <= 1.0 for t in self.thresholds) or self.thresholds != sorted(self.thresholds):
+            raise ValueError("router.thresholds must be increasing numbers between 0 and 1")
+        return self
+
+
+class ModelsSection(_Strict):
+    large_llm: ModelSpec = Field(default_factory=ModelSpec)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+
+
+class BenchSpec(_Strict):
+    num_examples: int = Field(164, ge=1, le=164)
+    task_ids: list[str] | None = None
+    batch_size: int | Literal["auto"] = "auto"
+    max_new_tokens: int = Field(384, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=16)
+    prompt_style: Literal["auto", "base", "instruct"] = "auto"
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    samples: int = Field(1, ge=1)
+    seed: int = 0
+    skip_execution: bool = False
+    timeout_s: float = Field(3.0, gt=0)
+    workers: int | None = Field(None, ge=1)
+    results_dir: Path = Path("results")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _sampling(self) -> "BenchSpec":
+        if self.samples > 1 and self.temperature == 0.0:
+            raise ValueError("samples > 1 needs sampling: set temperature (e.g. 0.8) for pass@k")
+        return self
+
+
+class EnergySpec(_Strict):
+    # World average, 2023: 480 g CO2/kWh (Ember, Global Electricity Review 2024).
+    carbon_intensity_g_per_kwh: float = Field(480.0, ge=0)
+    # AWS p4d.24xlarge on demand, about $32/h for 8x A100 = $4 per GPU-hour (the setup guide's figure).
+    price_per_gpu_hour: float = Field(4.0, ge=0)
+    cpu_watts: float = Field(65.0, ge=0)  # used only when RAPL is unreadable, and labelled an estimate
+    gpu_count: int | None = Field(None, ge=0)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTERLLM_", env_nested_delimiter="__", extra="forbid",
+                                      validate_assignment=True)
+
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+    energy: EnergySpec = Field(default_factory=EnergySpec)
+    offload_folder: Path = Path("offload")  # the folder `offload clean` manages when no model names one
+    hf_token: str | None = Field(default=None, repr=False, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = settings_cls.model_config.get("yaml_file")
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def large(self) -> ModelSpec:
+        return self.models.large_llm
+
+    def managed_offload_folder(self) -> Path:
+        return Path(self.large.offload_folder or self.offload_folder)
+
+
+def _friendly(exc: ValidationError, source: str) -> ConfigError:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("int", "literal['cpu','disk']"))
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        return ConfigError(f"{source}: unknown key {where!r}", fix="remove it or fix its spelling (see configs/production_config.yaml)")
+    if " - fix: " in msg:
+        return ConfigError(f"{source}: {where}: {msg}")
+    return ConfigError(f"{source}: {where}: {msg}" if where else f"{source}: {msg}",
+                       fix=None if ":" in msg else "see configs/production_config.yaml for the expected shape")
+
+
+def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from defaults, YAML, env and the flags in `overrides` (nested dicts of set flags only)."""
+    path = config or os.environ.get("ROUTERLLM_CONFIG")
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found", fix="pass an existing YAML file to --config, e.g. configs/laptop_cpu.yaml")
+        _check_yaml(path)
+    cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}}) if path else Settings
+    source = str(path) if path else "configuration"
+    env = {k: os.environ.pop(k) for k in ("ROUTERLLM_CONFIG", "ROUTERLLM_DEBUG") if k in os.environ}
+    try:
+        settings = cls(**(overrides or {}))
+    except ValidationError as exc:
+        raise _friendly(exc, source) from None
+    finally:
+        os.environ.update(env)
+    if settings.hf_token is None:
+        settings.hf_token = os.environ.get("HF_TOKEN") or None
+    return settings
+
+
+def _check_yaml(path: Path) -> None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{line}", fix="fix the indentation or quoting there") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping", fix="start the file with keys like models:, bench:")
+
+
+def check_fits(spec: ModelSpec, params: float) -> list[str]:
+    """The 4-bit rule, derived: if the weights cannot fit the declared budgets at the chosen precision but would
+    in 4-bit, that is a config error naming `use_4bit: true`. Returns notes; raises ConfigError."""
+    if not spec.max_memory or spec.use_4bit:
+        return spec.offload_notes()
+    total = sum(spec.max_memory.values())
+    need = params * BYTES_PER_PARAM[spec.weight_dtype]
+    need_4bit = params * NF4_BYTES_PER_PARAM
+    if need > total and need_4bit <= total:
+        raise ConfigError(
+            f"{spec.name}: {format_bytes(need)} of {spec.weight_dtype} weights cannot fit the declared max_memory "
+            f"({format_bytes(total)} in all), but {format_bytes(need_4bit)} in 4-bit would",
+            fix="set use_4bit: true",
+        )
+    return spec.offload_notes()

@@ -1,0 +1,1 @@
+"""Offload: the folder that holds disk-offloaded weights (lock, clean) and the fast offload engine."""

@@ -1,0 +1,60 @@
+"""The one parser for memory sizes ("70GB", "70GiB", "512MB", plain byte counts) and the one formatter.
+
+Semantics match accelerate's `convert_file_size_to_int`: "GB"/"MB"/"KB" are powers of 10, "GiB"/"MiB"/"KiB"
+are powers of 2, so a `max_memory` written for accelerate means the same here. Kept free of torch so config
+validation and `--help` stay instant.
+"""
+
+from __future__ import annotations
+
+import re
+
+from routerllm_cli.errors import ConfigError
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: int | float | str, *, what: str = "memory size") -> int:
+    """Return a size in bytes. Raises ConfigError with the fix for anything it cannot read."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: {value!r} is not a size", fix='write it like "70GB", "70GiB" or a byte count')
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"{what}: {value} is negative", fix="use a size of 0 or more")
+        return int(value)
+    match = _SIZE_RE.match(str(value))
+    if not match or match.group(2).upper() not in _UNITS:
+        raise ConfigError(
+            f"{what}: cannot read {value!r} as a size",
+            fix='write it like "70GB" (10^9 bytes), "70GiB" (2^30 bytes), "512MB" or a plain byte count',
+        )
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def format_bytes(n: int | float, *, binary: bool = False) -> str:
+    """Human size with one decimal: 70.0 GB (or GiB when binary)."""
+    base, units = (1024, ["B", "KiB", "MiB", "GiB", "TiB"]) if binary else (1000, ["B", "KB", "MB", "GB", "TB"])
+    size = float(n)
+    for unit in units:
+        if abs(size) < base or unit == units[-1]:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= base
+    return f"{size:.1f} {units[-1]}"
+
+
+def format_gb(n: int | float) -> str:
+    return f"{n / 1e9:.2f} GB"
