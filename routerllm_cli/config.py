@@ -236,7 +236,18 @@ def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | 
         os.environ.update(env)
     if settings.hf_token is None:
         settings.hf_token = os.environ.get("HF_TOKEN") or None
+    validate_budgets(settings)
     return settings
+
+
+def validate_budgets(settings: Settings) -> None:
+    """Apply the 4-bit rule to every catalog model whose size is known offline."""
+    from routerllm_cli.catalog import CATALOG
+
+    for spec in [settings.large, *settings.models.router.pool]:
+        entry = CATALOG.get(spec.name.lower().replace("-", "_"))
+        if entry is not None:
+            check_fits(spec, entry.params)
 
 
 def _check_yaml(path: Path) -> None:

@@ -1,7 +1,8 @@
 """The one parser for memory sizes ("70GB", "70GiB", "512MB", plain byte counts) and the one formatter.
 
 Semantics match accelerate's `convert_file_size_to_int`: "GB"/"MB"/"KB" are powers of 10, "GiB"/"MiB"/"KiB"
-are powers of 2, so a `max_memory` written for accelerate means the same here. Kept free of torch so config
+are powers of 2, and a lower-case "b" ("8Gb") means bits, so a `max_memory` written for accelerate means the
+same here. Plain numeric strings and T/TiB are accepted on top. Kept free of torch so config
 validation and `--help` stay instant.
 """
 
@@ -42,7 +43,10 @@ def parse_size(value: int | float | str, *, what: str = "memory size") -> int:
             fix='write it like "70GB" (10^9 bytes), "70GiB" (2^30 bytes), "512MB" or a plain byte count',
         )
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.upper()])
+    size = int(float(number) * _UNITS[unit.upper()])
+    if len(unit) == 2 and unit.upper() != "IB" and unit.endswith("b"):
+        return size // 8  # "Gb"/"Mb"/"kb" are bits, as accelerate reads them
+    return size
 
 
 def format_bytes(n: int | float, *, binary: bool = False) -> str:
