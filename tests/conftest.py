@@ -25,11 +25,83 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                  num_hidden_layers=4, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=False)
+                  num_hidden_layers=4, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=False,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+# A few lines of Python for the tiny tokenizer to learn from: enough merges that code prompts become short.
+_TOKENIZER_CORPUS = """\
+def add(a, b):
+    \"\"\"Return the sum of a and b.\"\"\"
+    return a + b
 
 
-def write_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
-    """A real Llama checkpoint (sharded safetensors + tokenizer-free config) written with save_pretrained."""
+def fibonacci(n: int) -> list[int]:
+    result = [0, 1]
+    for i in range(2, n):
+        result.append(result[i - 1] + result[i - 2])
+    return result[:n]
+
+
+class Stack:
+    def __init__(self):
+        self.items = []
+
+    def push(self, item):
+        self.items.append(item)
+
+    def pop(self):
+        if not self.items:
+            raise IndexError("pop from an empty stack")
+        return self.items.pop()
+
+
+def has_close_elements(numbers: list[float], threshold: float) -> bool:
+    for idx, elem in enumerate(numbers):
+        for idx2, elem2 in enumerate(numbers):
+            if idx != idx2 and abs(elem - elem2) < threshold:
+                return True
+    return False
+
+
+import math
+print(math.sqrt(16), sorted({"x": 1, "y": 2}.items()), [c.upper() for c in "hello world"])
+while True:
+    break
+"""
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<s>{{ message['role'] }}\n{{ message['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def write_tiny_tokenizer(path: Path, vocab_size: int = 512, chat_template: str | None = None):
+    """A real byte-level BPE tokenizer trained on a few lines of Python; ids 0/1/2 are <pad>/<s>/</s>.
+
+    Filled up to `vocab_size` with plain tokens so every id the tiny model can emit decodes to text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    missing = vocab_size - len(fast)
+    if missing > 0:
+        fast.add_tokens([f"tok{i}" for i in range(missing)])
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return fast
+
+
+def write_tiny_llama(path: Path, seed: int = 0, *, tokenizer: bool = True, chat_template: str | None = None,
+                     **overrides) -> Path:
+    """A real Llama checkpoint (sharded safetensors) written with save_pretrained, with a real BPE tokenizer next
+    to the weights unless `tokenizer=False`, so it loads by path and generates text end to end."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -38,10 +110,20 @@ def write_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config.pad_token_id = 0
     model.save_pretrained(path, max_shard_size="200KB", safe_serialization=True)
+    if tokenizer:
+        write_tiny_tokenizer(path, vocab_size=config.vocab_size, chat_template=chat_template)
     return path
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of a tiny random Llama saved as several safetensors shards (read-only: copy before changing)."""
+    """Path of a tiny random Llama saved as several safetensors shards, with a BPE tokenizer (read-only: copy
+    before changing)."""
     return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny Llama with a chat template on its tokenizer (an 'instruct' model; read-only)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama_chat") / "tiny-llama-chat",
+                            chat_template=TINY_CHAT_TEMPLATE)
