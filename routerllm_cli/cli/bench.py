@@ -1,15 +1,189 @@
-"""`routerllm bench` (filled in by its own module; not implemented yet)."""
+"""`routerllm bench`: HumanEval with progressive saving, exact resume, a live screen and safe interruption."""
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
 
-from routerllm_cli.cli.options import ConfigOpt, JsonOpt, ModelOpt
+from routerllm_cli.cli.errors import handle_errors
+from routerllm_cli.cli.options import (ConfigOpt, JsonOpt, MaxMemoryOpt, ModelOpt, ResultsDirOpt, Use4bitOpt,
+                                       Use8bitOpt, model_overrides)
+from routerllm_cli.cli.output import Output
 
-EPILOG = "Example:\n\n  routerllm bench --help\n"
+EPILOG = """Examples:
+
+  routerllm bench --config configs/laptop_cpu.yaml -n 3
+
+  routerllm bench --model llama3_405b -n 50 --skip-execution --config configs/production_config.yaml
+
+  routerllm bench --run-dir results/llama3_405b-20261126-101500   (resume an interrupted run)
+"""
 
 
-def bench(model: ModelOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Not implemented yet."""
-    typer.echo("error: routerllm bench is not implemented yet", err=True)
-    raise typer.Exit(1)
+class BenchScreen:
+    """The live screen: done/total, ETA, tokens/s, passed so far and memory per device."""
+
+    def __init__(self, out: Output):
+        self.out = out
+        self.progress: Any = None
+        self.task: Any = None
+        self.eta_hint: float | None = None
+        self.total = 0
+        self.tokens = 0
+        self.gen_seconds = 0.0
+        self.passed = 0
+        self.executed = 0
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if self.out.json_mode:
+            return
+        handler = getattr(self, f"on_{kind}", None)
+        if handler:
+            handler(data)
+
+    def on_start(self, d: dict) -> None:
+        self.total = d["total"]
+        self.out.info(f"run folder: {d['run_dir']}  (problems from {d['source']}; {d['done']}/{d['total']} already done)")
+        self._done0 = d["done"]
+
+    def on_plan(self, d: dict) -> None:
+        self.eta_hint = d.get("eta_seconds")
+        plan = d["plan"]
+        devs = ", ".join(f"{k}: {v.get('layers') or '-'}" for k, v in plan.get("devices", {}).items())
+        self.out.info(f"preflight: go  ({devs})")
+
+    def on_loading(self, d: dict) -> None:
+        self.out.info(f"loading {d['model']} ...")
+
+    def on_loaded(self, d: dict) -> None:
+        self.out.info(f"loaded in {d['load_seconds']:.1f} s (attention: {d['attn']})")
+
+    def on_generating(self, d: dict) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.out.info(f"generating: batch size {d['batch_size']}, prompt style {d['style']}")
+        self.progress = Progress(TextColumn("[bold]HumanEval"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[stats]}"), console=self.out.err, transient=False)
+        hint = f"~{self.eta_hint / 60:.0f} min (preflight)" if self.eta_hint else ""
+        self.task = self.progress.add_task("bench", total=self.total, completed=self._done0, stats=hint)
+        self.progress.start()
+
+    def on_batch(self, d: dict) -> None:
+        self.tokens += d["tokens"]
+        self.gen_seconds += d["seconds"]
+        mem = "  ".join(f"{k} {v / 1e9:.1f}GB" for k, v in d.get("memory", {}).items())
+        stats = f"{self.tokens / max(self.gen_seconds, 1e-9):.1f} tok/s  passed {d['passed']}  {mem}"
+        if self.progress:
+            self.progress.update(self.task, completed=d["done"], stats=stats)
+
+    def on_done(self, d: dict) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+def render_summary(summary: dict[str, Any]):
+    def render(console) -> None:
+        from rich.table import Table
+
+        t = Table(title=f"HumanEval - {summary['model']} ({summary['status']})", show_header=True)
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        if "pass@1" in summary:
+            for k, v in summary["pass_at_k"].items():
+                t.add_row(k, f"{v:.3f}  ({summary['passed']}/{summary['executed']} executed passed)")
+        t.add_row("generation success", f"{summary['generation_success_rate']:.3f}")
+        t.add_row("examples", f"{summary['done']}/{summary['total']}")
+        lat = summary["latency_s"]
+        t.add_row("latency / example", f"mean {lat['mean']:.2f} s  p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}")
+        th = summary["throughput"]
+        t.add_row("throughput", f"{th['problems_per_min']:.1f} problems/min  {th['tokens_per_s']:.1f} tok/s")
+        if summary.get("time_to_first_batch_s") is not None:
+            t.add_row("time to first batch", f"{summary['time_to_first_batch_s']:.1f} s")
+        t.add_row("load time", f"{summary['load_seconds']:.1f} s")
+        for dev, b in summary.get("peak_memory", {}).items():
+            t.add_row(f"peak memory {dev}", f"{b / 1e9:.2f} GB")
+        if "energy" in summary:
+            e = summary["energy"]
+            t.add_row("energy", f"{e['kwh'] * 1000:.3f} Wh (GPU {e['gpu_source']}, CPU {e['cpu_source']})")
+            t.add_row("CO2 / cost", f"{summary['co2_g']:.2f} g  /  ${summary['cost_usd']:.4f}")
+        t.add_row("run folder", summary["run_dir"])
+        console.print(t)
+
+    return render
+
+
+def bench(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    num_examples: Annotated[Optional[int], typer.Option("--num-examples", "-n", min=1, max=164,
+                                                        help="First N HumanEval problems.", show_default=False)] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task ids, e.g. HumanEval/0,HumanEval/7.",
+                                                 show_default=False)] = None,
+    skip_execution: Annotated[Optional[bool], typer.Option("--skip-execution/--execute",
+                                                           help="Generate only; do not run the code.",
+                                                           show_default=False)] = None,
+    batch_size: Annotated[Optional[str], typer.Option("--batch-size", help="'auto' (from the plan's KV reserve) or a number.",
+                                                      show_default=False)] = None,
+    prompt_style: Annotated[Optional[str], typer.Option("--prompt-style", help="auto | base | instruct",
+                                                        show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, show_default=False)] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Samples per problem (pass@k).",
+                                                   show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", min=1, show_default=False)] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per problem when executing.",
+                                                     show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda", show_default=False)] = None,
+    results_dir: ResultsDirOpt = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder to create or resume.",
+                                                    show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this model.")] = False,
+    use_4bit: Use4bitOpt = None,
+    use_8bit: Use8bitOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run HumanEval on one model: batched, saved as it goes, resumable, optionally executed in a sandbox."""
+    handle_errors(_bench)(**locals())
+
+
+def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, temperature, samples,
+           max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
+           json_out) -> None:
+    from routerllm_cli.bench import BenchInterrupted, StopSignal, run_bench
+    from routerllm_cli.config import load_settings
+    from routerllm_cli.errors import ConfigError
+
+    bench_over: dict[str, Any] = {}
+    for key, value in (("num_examples", num_examples), ("skip_execution", skip_execution),
+                       ("prompt_style", prompt_style), ("temperature", temperature), ("samples", samples),
+                       ("max_new_tokens", max_new_tokens), ("timeout_s", timeout), ("device", device),
+                       ("results_dir", results_dir)):
+        if value is not None:
+            bench_over[key] = value
+    if tasks:
+        bench_over["task_ids"] = [t.strip() for t in tasks.split(",") if t.strip()]
+    if batch_size is not None:
+        if batch_size != "auto" and not batch_size.isdigit():
+            raise ConfigError(f"--batch-size {batch_size!r} is not a number", fix="pass 'auto' or a positive integer")
+        bench_over["batch_size"] = batch_size if batch_size == "auto" else int(batch_size)
+    overrides = model_overrides(model, use_4bit, use_8bit, max_memory)
+    if bench_over:
+        overrides["bench"] = bench_over
+    settings = load_settings(config, overrides)
+    out = Output(json_out)
+    stop = StopSignal().install()
+    screen = BenchScreen(out)
+    try:
+        result = run_bench(settings, run_dir=run_dir, resume=resume, stop=stop, on_event=screen,
+                           command_line=["routerllm", *sys.argv[1:]])
+    except BenchInterrupted:
+        screen.on_done({})
+        raise
+    finally:
+        stop.restore()
+    out.result(result.summary, render_summary(result.summary))

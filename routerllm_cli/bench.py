@@ -1,0 +1,348 @@
+"""The bench pipeline: plan -> load -> generate -> execute -> measure, with progressive saving and exact resume.
+
+`run_bench` is usable from Python and is what `compare` composes. It reports progress through a callback
+(`on_event(kind, data)`) so the CLI can draw a screen without this module knowing about rich.
+Interruption: a `StopSignal` set by SIGINT/SIGTERM makes the loop finish the batch in flight, save, mark the run
+`interrupted` and raise `BenchInterrupted` (the CLI exits 130); a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import signal
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from routerllm_cli.config import ModelSpec, Settings
+from routerllm_cli.errors import NoGoError, RouterLLMError
+
+EventSink = Callable[[str, dict[str, Any]], None]
+SUMMARY_EVERY = 10
+
+
+class BenchInterrupted(RouterLLMError):
+    exit_code = 130
+
+
+class StopSignal:
+    """First SIGINT/SIGTERM asks for a clean stop after the batch in flight; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def request(self) -> None:
+        self.count += 1
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count >= 2:
+            self.restore()
+            raise KeyboardInterrupt
+        sys.stderr.write("\nstopping after the batch in flight (press Ctrl-C again to stop now)\n")
+
+    def install(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def result_fingerprint(spec: ModelSpec, settings: Settings, model_name: str) -> dict[str, Any]:
+    """The settings that change what a run produces; a resume must match them exactly."""
+    b = settings.bench
+    return {
+        "model": model_name,
+        "model_id": spec.model_id or spec.name,
+        "quantization": spec.quantization,
+        "dtype": spec.torch_dtype,
+        "prompt_style": b.prompt_style,
+        "max_new_tokens": b.max_new_tokens,
+        "temperature": b.temperature,
+        "top_p": b.top_p if b.temperature > 0 else None,
+        "samples": b.samples,
+        "seed": b.seed,
+    }
+
+
+@dataclass
+class BenchRun:
+    """What a caller gets back: the summary and where it lives."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    load_seconds: float = 0.0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parses_as_python(prompt: str, completion: str) -> bool:
+    if not completion.strip():
+        return False
+    try:
+        ast.parse(prompt + completion)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def plan_for(spec: ModelSpec, settings: Settings, *, batch_size: int, num_examples: int):
+    """Preflight's core, run before anything loads; a no-go stops here."""
+    from routerllm_cli.hardware import probe_hardware
+    from routerllm_cli.plan import plan_model
+
+    hardware = probe_hardware(spec.offload_folder or settings.offload_folder)
+    if settings.bench.device == "cpu":
+        hardware.gpus = []
+    plan = plan_model(spec, hardware, batch_size=batch_size,
+                      seq_len=settings.bench.max_prompt_tokens + settings.bench.max_new_tokens,
+                      num_examples=num_examples, max_new_tokens=settings.bench.max_new_tokens)
+    if plan.verdict != "go":
+        fixes = "; ".join(plan.fixes) or "run `routerllm preflight` for the plan"
+        raise NoGoError("preflight says no-go: " + "; ".join(plan.reasons), fix=fixes)
+    return plan
+
+
+def _memory_now(loaded: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                out[f"cuda:{i}"] = int(torch.cuda.max_memory_allocated(i))
+    except Exception:  # noqa: BLE001 - memory is informative only
+        pass
+    try:
+        import psutil
+
+        out["cpu_rss"] = int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    spec: ModelSpec | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    task_ids: list[str] | None = None,
+    stop: StopSignal | None = None,
+    on_event: EventSink | None = None,
+    command_line: list[str] | None = None,
+    loaded: Any = None,
+    keep_loaded: bool = False,
+) -> BenchRun:
+    """Run (or resume) HumanEval for one model. Returns the run folder and its summary."""
+    from routerllm_cli import humaneval, runs
+    from routerllm_cli.catalog import resolve_spec
+    from routerllm_cli.energy import EnergyMeter
+
+    emit = on_event or (lambda kind, data: None)
+    stop = stop or StopSignal()
+    spec = spec or settings.large
+    b = settings.bench
+    ref = resolve_spec(spec.name, spec.model_id, spec.gguf_file)
+
+    problems_all, source = humaneval.load_problems()
+    problems = humaneval.select(problems_all, n=None if (task_ids or b.task_ids) else b.num_examples,
+                                task_ids=task_ids or b.task_ids)
+    by_id = {p["task_id"]: p for p in problems}
+    fingerprint = result_fingerprint(spec, settings, ref.name)
+
+    if resume or (run_dir is not None and (Path(run_dir) / "run.json").exists()):
+        target = Path(run_dir) if run_dir else runs.latest_run(b.results_dir, ref.name)
+        folder = runs.RunFolder.open_for_resume(target, fingerprint)
+    else:
+        target = Path(run_dir) if run_dir else runs.new_run_dir(b.results_dir, ref.name)
+        folder = runs.RunFolder.create(target, fingerprint=fingerprint, config=settings.model_dump(mode="json"),
+                                       command_line=command_line or sys.argv)
+    done = folder.finished_keys()  # {(task_id, sample_idx)}
+    todo = [(p, k) for p in problems for k in range(b.samples) if (p["task_id"], k) not in done]
+    emit("start", {"run_dir": str(folder.path), "total": len(problems) * b.samples, "done": len(done & {
+        (p["task_id"], k) for p in problems for k in range(b.samples)}), "source": source, "model": ref.name})
+
+    sandbox = None
+    executor: ThreadPoolExecutor | None = None
+    pending: list[tuple[str, int, Future]] = []
+    if not b.skip_execution:
+        from routerllm_cli.sandbox import Sandbox, SandboxLimits
+
+        sandbox = Sandbox(SandboxLimits(timeout_s=b.timeout_s), workers=b.workers)
+        executor = ThreadPoolExecutor(max_workers=sandbox.workers)
+        for task_id, k, completion in folder.pending_execution():  # generated earlier, never executed
+            if task_id in by_id:
+                pending.append((task_id, k, executor.submit(sandbox.check, by_id[task_id], completion)))
+
+    def drain(block: bool) -> None:
+        still = []
+        for task_id, k, fut in pending:
+            if block or fut.done():
+                res = fut.result()
+                folder.record_execution(task_id, k, {"passed": res.passed, "result": res.result,
+                                                     "seconds": round(res.seconds, 4)})
+                emit("executed", {"task_id": task_id, "passed": res.passed, "result": res.result})
+            else:
+                still.append((task_id, k, fut))
+        pending[:] = still
+
+    load_seconds = 0.0
+    meter = EnergyMeter(cpu_watts=settings.energy.cpu_watts)
+    metering = False
+    gen_seconds = 0.0
+    first_batch_at: float | None = None
+    t_start = time.perf_counter()
+    interrupted = False
+    owns_model = loaded is None
+    try:
+        if todo:
+            batch_size = b.batch_size if isinstance(b.batch_size, int) else 0
+            plan = loaded.plan if loaded is not None else plan_for(spec, settings, batch_size=max(batch_size, 1),
+                                                                   num_examples=len(todo))
+            emit("plan", {"plan": plan.to_dict(), "eta_seconds": plan.estimates.get("bench_seconds")})
+            if loaded is None:
+                from routerllm_cli.loading import load_model
+
+                emit("loading", {"model": ref.name})
+                loaded = load_model(plan, spec, progress=lambda d: emit("load_progress", d))
+                emit("loaded", {"load_seconds": loaded.load_seconds, "attn": loaded.attn_implementation})
+            load_seconds = loaded.load_seconds if owns_model else 0.0
+            from routerllm_cli import generation
+
+            style = humaneval.choose_style(loaded.tokenizer, b.prompt_style)
+            if batch_size == 0:
+                batch_size = generation.auto_batch_size(
+                    loaded.plan, b.max_prompt_tokens, b.max_new_tokens, loaded.plan.kv_bytes_per_token, None)
+            items = [(p, k, humaneval.build_prompt(p, loaded.tokenizer, style)) for p, k in todo]
+            items = generation.order_by_length(items, key=lambda it: len(loaded.tokenizer(it[2]).input_ids))
+            stops = humaneval.STOP_SEQUENCES if style == "base" else []
+            emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
+            meter.start()
+            metering = True
+            for start in range(0, len(items), batch_size):
+                if stop.requested:
+                    interrupted = True
+                    break
+                batch = items[start:start + batch_size]
+                t0 = time.perf_counter()
+                outs = generation.generate_batch(
+                    loaded.model, loaded.tokenizer, [it[2] for it in batch], max_new_tokens=b.max_new_tokens,
+                    stop_sequences=stops, temperature=b.temperature, top_p=b.top_p,
+                    seed=b.seed + start if b.temperature > 0 else None, device=loaded.input_device)
+                dt = time.perf_counter() - t0
+                gen_seconds += dt
+                first_batch_at = first_batch_at or (time.perf_counter() - t_start)
+                for (problem, k, _), out in zip(batch, outs):
+                    completion = humaneval.postprocess(out.text, problem, style)
+                    record = {"task_id": problem["task_id"], "sample_idx": k, "prompt_style": style,
+                              "raw": out.text, "completion": completion, "new_tokens": out.new_tokens,
+                              "seconds": round(dt / len(batch), 4), "batch_seconds": round(dt, 4),
+                              "batch_size": len(batch), "stopped_by": out.stopped_by}
+                    folder.append_sample(record)
+                    if executor is not None and sandbox is not None:
+                        pending.append((problem["task_id"], k, executor.submit(sandbox.check, problem, completion)))
+                drain(block=False)
+                n_done = len(folder.finished_keys())
+                emit("batch", {"done": n_done, "batch": len(batch), "seconds": dt,
+                               "tokens": sum(o.new_tokens for o in outs), "memory": _memory_now(loaded),
+                               "passed": folder.passed_count()})
+                if n_done // SUMMARY_EVERY != (n_done - len(batch)) // SUMMARY_EVERY:
+                    folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds,
+                                                  gen_seconds, first_batch_at, None, "running", loaded))
+        drain(block=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        for _, _, fut in pending:
+            fut.cancel()
+        pending.clear()
+    finally:
+        reading = meter.stop() if metering else None
+        if executor is not None:
+            executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
+        status = "interrupted" if interrupted or stop.requested and pending else "finished"
+        summary = _summary(folder, problems, settings, spec, ref.name, load_seconds, gen_seconds, first_batch_at,
+                           reading, status, loaded)
+        folder.write_summary(summary)
+        folder.set_status(status)
+        if owns_model and loaded is not None and not keep_loaded:
+            loaded.close()
+    emit("done", {"summary": summary})
+    if interrupted:
+        raise BenchInterrupted(f"interrupted: {summary['done']}/{summary['total']} examples saved in {folder.path}",
+                               fix=f"resume with `routerllm bench --run-dir {folder.path}`")
+    result = BenchRun(folder.path, summary, load_seconds, folder.samples())
+    result.loaded = loaded if keep_loaded else None  # type: ignore[attr-defined]
+    return result
+
+
+def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelSpec, model_name: str,
+             load_seconds: float, gen_seconds: float, first_batch_at: float | None, reading: Any, status: str,
+             loaded: Any) -> dict[str, Any]:
+    from routerllm_cli.energy import co2_grams, cost_usd
+    from routerllm_cli.runs import pass_at_k
+
+    b = settings.bench
+    ids = {p["task_id"] for p in problems}
+    prompts = {p["task_id"]: p["prompt"] for p in problems}
+    samples = [s for s in folder.samples() if s["task_id"] in ids]
+    execs = folder.executions()  # {(task_id, k): {...}}
+    latencies = [s["seconds"] for s in samples]
+    tokens = sum(s.get("new_tokens", 0) for s in samples)
+    gen_ok = sum(parses_as_python(prompts[s["task_id"]], s["completion"]) for s in samples)
+    summary: dict[str, Any] = {
+        "model": model_name, "status": status, "run_dir": str(folder.path),
+        "total": len(problems) * b.samples, "done": len(samples),
+        "generation_success_rate": gen_ok / len(samples) if samples else 0.0,
+        "latency_s": {"mean": statistics.fmean(latencies) if latencies else 0.0,
+                      "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)},
+        "throughput": {"problems_per_min": 60 * len(samples) / gen_seconds if gen_seconds else 0.0,
+                       "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0},
+        "time_to_first_batch_s": first_batch_at, "load_seconds": load_seconds, "generation_seconds": gen_seconds,
+        "peak_memory": _memory_now(loaded) if loaded is not None else {}, "skip_execution": b.skip_execution,
+    }
+    if not b.skip_execution:
+        per_task: dict[str, list[bool]] = {}
+        for s in samples:
+            ex = execs.get((s["task_id"], s["sample_idx"]))
+            if ex is not None:
+                per_task.setdefault(s["task_id"], []).append(bool(ex["passed"]))
+        executed = sum(len(v) for v in per_task.values())
+        summary["executed"] = executed
+        summary["passed"] = sum(sum(v) for v in per_task.values())
+        ks = [k for k in (1, 10, 100) if k <= b.samples]
+        summary["pass_at_k"] = {f"pass@{k}": (statistics.fmean(pass_at_k(len(v), sum(v), k) for v in per_task.values()
+                                                                if len(v) >= k) if per_task else 0.0) for k in ks}
+        summary["pass@1"] = summary["pass_at_k"].get("pass@1", 0.0)
+    if reading is not None:
+        n_gpus = max(len(reading.gpu_joules), 1 if reading.gpu_joules else 0)
+        kwh = reading.kwh
+        summary["energy"] = reading.to_dict()
+        summary["co2_g"] = co2_grams(kwh, settings.energy.carbon_intensity_g_per_kwh)
+        price = spec.price_per_gpu_hour if spec.price_per_gpu_hour is not None else settings.energy.price_per_gpu_hour
+        summary["cost_usd"] = cost_usd(gen_seconds + load_seconds, settings.energy.gpu_count or n_gpus, price)
+    return summary
