@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import builtins
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -196,8 +197,6 @@ def docstring_examples(prompt: str, entry_point: str) -> list[DocExample]:
     (`-> 19 - 5 - 6 = 8`) are skipped rather than guessed.
     """
     doc = entry_docstring(prompt, entry_point)
-    import builtins
-
     known = set(dir(builtins)) | {entry_point}
     func_defs = re.findall(r"^\s*(?:def|class)\s+(\w+)", prompt, flags=re.M)
     imports = re.findall(r"^\s*(?:import|from)\s+(\w+)", prompt, flags=re.M)
@@ -237,16 +236,9 @@ def docstring_examples(prompt: str, entry_point: str) -> list[DocExample]:
 
 def _doctest_example(call: str, output: str, entry_point: str, known: set[str], line: int) -> DocExample | None:
     try:
-        node = ast.parse(call, mode="eval").body
+        node = ast.parse(call, mode="eval").body  # a trailing `# comment` parses fine
     except SyntaxError:
-        node = None
-    if node is None:
-        # A trailing comment (`>>> round(f(x), 2) # why`) is fine in a doctest but not in mode="eval".
-        call = call.split("#")[0].strip() if "#" in call else call
-        try:
-            node = ast.parse(call, mode="eval").body
-        except SyntaxError:
-            return None
+        return None
     # `>>> f(x) == value` with no output line: the docstring states the value inline.
     if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq) and not output:
         left, right = ast.unparse(node.left), ast.unparse(node.comparators[0])
