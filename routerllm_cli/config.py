@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from routerllm_cli.energy import DEFAULT_CPU_WATTS, DEFAULT_USD_PER_GPU_HOUR, WORLD_CO2_G_PER_KWH
 from routerllm_cli.errors import ConfigError
 from routerllm_cli.units import format_bytes, parse_size
 
@@ -122,7 +123,8 @@ class RouterSpec(_Strict):
     """The router's pool of smaller models, cheapest first, and its policy."""
 
     policy: Literal["heuristic", "cascade", "random", "oracle"] = "cascade"
-    thresholds: list[float] = Field(default_factory=lambda: [0.5])
+    # HumanEval's prompt difficulty has median ~0.24 (router.difficulty): one cut there splits two models evenly.
+    thresholds: list[float] = Field(default_factory=lambda: [0.24])
     seed: int = 0
     pool: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(name="smollm2_135m"), ModelSpec(name="gemma3_270m")])
 
@@ -167,11 +169,10 @@ class BenchSpec(_Strict):
 
 
 class EnergySpec(_Strict):
-    # World average, 2023: 480 g CO2/kWh (Ember, Global Electricity Review 2024).
-    carbon_intensity_g_per_kwh: float = Field(480.0, ge=0)
-    # AWS p4d.24xlarge on demand, about $32/h for 8x A100 = $4 per GPU-hour (the setup guide's figure).
-    price_per_gpu_hour: float = Field(4.0, ge=0)
-    cpu_watts: float = Field(65.0, ge=0)  # used only when RAPL is unreadable, and labelled an estimate
+    # Defaults and their sources live in energy.py (world-average intensity; p4d.24xlarge price per GPU-hour).
+    carbon_intensity_g_per_kwh: float = Field(WORLD_CO2_G_PER_KWH, ge=0)
+    price_per_gpu_hour: float = Field(DEFAULT_USD_PER_GPU_HOUR, ge=0)
+    cpu_watts: float = Field(DEFAULT_CPU_WATTS, ge=0)  # used only when RAPL is unreadable, and labelled an estimate
     gpu_count: int | None = Field(None, ge=0)
 
 
