@@ -804,3 +804,31 @@ def test_generation(loaded: LoadedModel, prompt: str, max_new_tokens: int = 64) 
 
 
 test_generation.__test__ = False  # a library function, not a pytest test
+
+
+# ------------------------------------------------------------------------------------------- plan, load, try
+DEFAULT_PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
+
+
+def load_and_test(spec: "ModelSpec", *, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 32,
+                  progress: Progress | None = None, token: str | None = None, hardware: Any = None,
+                  on_plan: Callable[["DevicePlan"], None] | None = None) -> dict:
+    """Plan on the probed hardware, refuse a no-go plan, load, run one greedy generation, close.
+
+    Returns the load summary plus "plan" and "generation" (what `routerllm load --json` prints)."""
+    from routerllm_cli.hardware import probe_hardware
+    from routerllm_cli.plan import plan_model
+
+    hw = hardware if hardware is not None else probe_hardware(spec.offload_folder)
+    plan = plan_model(spec, hw, batch_size=1, num_examples=1, max_new_tokens=max_new_tokens)
+    if on_plan is not None:
+        on_plan(plan)
+    if plan.verdict != "go":
+        raise NoGoError("the plan says no-go: " + "; ".join(plan.reasons or ["no reason given"]),
+                        fix="; ".join(plan.fixes) or "run `routerllm preflight` to see the plan")
+    loaded = load_model(plan, spec, progress=progress, token=token)
+    try:
+        generation = test_generation(loaded, prompt, max_new_tokens)
+        return {**loaded.summary(), "plan": plan.to_dict(), "generation": generation}
+    finally:
+        loaded.close()
