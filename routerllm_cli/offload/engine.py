@@ -1,0 +1,848 @@
+"""The fast offload engine: run CPU- and disk-offloaded layers at the pinned host-to-device copy rate.
+
+Stock Accelerate CPU offload copies every offloaded weight synchronously, from pageable memory, with no prefetch,
+so a decode step crosses the bus at a fraction of its rate. This engine plugs in after a stock
+`from_pretrained(..., device_map=<dict>)` (or `dispatch_model`) load and takes over the modules the device map
+puts on "cpu" or "disk":
+
+- each offloaded module ("unit") gets ONE flat host buffer holding all its tensors (params become views), pinned
+  with `cudaHostRegister` within `pin_budget_bytes`, pageable otherwise (the reason is kept in the stats);
+- two flat GPU staging buffers per execution device, sized for the largest unit, are allocated once; a forward
+  pre-hook waits for its unit's copy (CUDA event), binds the params to staging views and moves the inputs; the
+  post-hook releases the slot and starts the copy of the NEXT unit (execution order, wrapping to the first one
+  for the next decode step) on a side stream, so copies overlap compute;
+- disk units that do not fit the budget are streamed: a reader thread reads ahead, in execution order, from the
+  checkpoint's safetensors file or Accelerate's offload-folder memmaps into a small ring of host buffers, so disk,
+  bus and compute overlap;
+- with `keep_4bit`, each offloaded linear is quantized to NF4 once (see `quant.py`) and crosses the bus packed.
+
+On a CPU execution device the same logic runs with no streams: events are no-ops and copies are synchronous.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from routerllm_cli.errors import ConfigError, RunFailed
+from routerllm_cli.units import format_bytes
+
+_ALIGN = 256  # byte alignment of every tensor in a flat buffer: any dtype view and vectorised kernel is happy
+_READ_CHUNK = 32 * 2**20
+_RING_DEPTH = 2
+_READ_THREADS = 4
+_OFFLOADED = ("cpu", "disk")
+
+
+@dataclass
+class OffloadStats:
+    """What the engine holds and moves. Byte counts are exact sizes of the engine's own buffers."""
+
+    offloaded_layers: int
+    host_bytes: int
+    pinned_bytes: int
+    pageable_bytes: int
+    pageable_reason: str | None
+    disk_layers: int
+    bytes_per_step: int  # bytes crossing host->device per full forward once warm
+    quantized_4bit: bool
+    streamed_layers: int = 0  # disk units read from disk every step (did not fit the pin budget)
+    staging_bytes: int = 0
+    copied_bytes: int = 0  # host->device bytes issued since attach
+    unprefetched_loads: int = 0  # loads issued at the unit's own forward (first call or out-of-order)
+    disk_read_bytes: int = 0
+    disk_read_seconds: float = 0.0
+    execution_devices: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # offloaded map entries left to Accelerate, with why
+
+    @property
+    def disk_read_bytes_per_s(self) -> float:
+        return self.disk_read_bytes / self.disk_read_seconds if self.disk_read_seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- sources
+@dataclass
+class _Source:
+    """Where one tensor's bytes come from. Exactly one of tensor / path / getter is set."""
+
+    tensor: Any = None
+    path: str | None = None
+    file_offset: int = 0
+    getter: Callable[[], Any] | None = None
+    owner: tuple[dict, str] | None = None  # an Accelerate state_dict slot to point at our copy afterwards
+    from_module: bool = False  # the module's own CPU tensor (no Accelerate offload hook)
+
+    @property
+    def is_file(self) -> bool:
+        return self.path is not None
+
+
+@dataclass
+class _Entry:
+    module: Any
+    name: str
+    is_param: bool
+    shape: tuple
+    dtype: Any
+    offset: int = 0
+    nbytes: int = 0
+    source: _Source | None = None
+    placeholder: Any = None
+
+
+@dataclass
+class _Unit:
+    index: int
+    name: str
+    module: Any
+    device: Any
+    disk: bool
+    entries: list[_Entry] = field(default_factory=list)
+    nbytes: int = 0
+    host: Any = None  # resident flat host buffer, or None when streamed
+    pinned: bool = False
+    saved_hooks: list = field(default_factory=list)
+    swapped: list = field(default_factory=list)  # (parent, child name, original module) for NF4 swaps
+    handles: list = field(default_factory=list)
+    bindings: dict = field(default_factory=dict)  # slot -> [(dict, name, tensor)]
+    slot: int | None = None  # staging slot bound during this unit's forward
+
+
+_ST_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}  # fmt: skip
+
+
+def _safetensors_header(path: str, cache: dict) -> tuple[int, dict]:
+    import json
+    import struct
+
+    if path not in cache:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            cache[path] = (8 + n, json.loads(f.read(n)))
+    return cache[path]
+
+
+def _source_from_weights_map(wm: Any, key: str, entry: _Entry, headers: dict) -> _Source:
+    """Resolve an Accelerate weights_map lookup to a file region when the bytes on disk are the bytes we need."""
+    from accelerate.utils.offload import OffloadedWeightsLoader, PrefixedDataset
+
+    ds, full = wm, key
+    while isinstance(ds, PrefixedDataset):
+        ds, full = ds.dataset, ds.prefix + full
+    dtype_name = str(entry.dtype).removeprefix("torch.")
+    if isinstance(ds, OffloadedWeightsLoader):
+        if full in ds.state_dict:
+            return _Source(tensor=ds.state_dict[full], owner=(ds.state_dict, full))
+        info = ds.index.get(full)
+        if info is not None and info.get("safetensors_file"):
+            base, header = _safetensors_header(info["safetensors_file"], headers)
+            meta = header.get(info.get("weight_name", full))
+            if (
+                meta is not None
+                and _ST_DTYPES.get(meta["dtype"]) == dtype_name
+                and tuple(meta["shape"]) == tuple(entry.shape)
+            ):
+                return _Source(path=info["safetensors_file"], file_offset=base + meta["data_offsets"][0])
+        elif info is not None and ds.save_folder is not None:
+            path = os.path.join(ds.save_folder, f"{full}.dat")
+            # accelerate stores bf16 as int16 and fp8 as int8: same bytes, so the raw file is the tensor
+            if info.get("dtype") == dtype_name and tuple(info.get("shape", ())) == tuple(entry.shape):
+                return _Source(path=path, file_offset=0)
+    elif isinstance(ds, dict) and full in ds:
+        return _Source(tensor=ds[full], owner=(ds, full))
+    return _Source(getter=lambda wm=wm, key=key: wm[key])
+
+
+def _offload_hooks(module: Any) -> list:
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", [hook]))
+
+
+def _strip_hook(module: Any) -> Any:
+    """Remove Accelerate's hook WITHOUT its detach_hook, which would read every offloaded weight back into RAM."""
+    hook = module.__dict__.pop("_hf_hook", None)
+    if hasattr(module, "_old_forward"):
+        if "GraphModuleImpl" in str(type(module)):
+            module.__class__.forward = module._old_forward
+        else:
+            module.forward = module._old_forward
+        delattr(module, "_old_forward")
+    return hook
+
+
+# ----------------------------------------------------------------------------------------------- host I/O
+class _Reader:
+    """Reads file regions straight into (pinned) host memory with large parallel preads; counts throughput."""
+
+    def __init__(self, threads: int = _READ_THREADS):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="routerllm-offload-read")
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.bytes = 0
+        self.seconds = 0.0
+
+    def _fd(self, path: str) -> int:
+        with self._lock:
+            if path not in self._fds:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            return self._fds[path]
+
+    @staticmethod
+    def _pread_into(fd: int, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise RunFailed(f"offload read ended early at byte {offset + done}", fix="check the offload folder")
+            done += n
+
+    def fill(self, entries: list[_Entry], host: Any, *, count_disk: bool) -> None:
+        """Write every entry's bytes into `host` (a flat uint8 CPU tensor) at its offset."""
+        start = time.perf_counter()
+        disk_bytes = 0
+        jobs = []
+        flat = host.numpy()
+        for e in entries:
+            src = e.source
+            if src.is_file:
+                fd = self._fd(src.path)
+                for pos in range(0, e.nbytes, _READ_CHUNK):
+                    n = min(_READ_CHUNK, e.nbytes - pos)
+                    view = memoryview(flat[e.offset + pos : e.offset + pos + n])
+                    jobs.append(self._pool.submit(self._pread_into, fd, view, src.file_offset + pos))
+                disk_bytes += e.nbytes
+            else:
+                value = src.tensor if src.getter is None else src.getter()
+                _view(host, e).copy_(value)
+        for job in jobs:
+            job.result()
+        if count_disk and disk_bytes:
+            self.bytes += disk_bytes
+            self.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _view(flat: Any, e: _Entry) -> Any:
+    return flat[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape)
+
+
+class _DiskStreamer:
+    """Keeps the next streamed units (execution order, cyclic) read ahead into a small ring of host buffers."""
+
+    def __init__(self, units: list[_Unit], ring: list[Any], reader: _Reader):
+        self.units = units
+        self.order = {u.index: i for i, u in enumerate(units)}
+        self.ring = ring
+        self.reader = reader
+        self.held: list[int | None] = [None] * len(ring)  # streamed position held (or being read) per buffer
+        self.ready = [False] * len(ring)
+        self.in_use = [False] * len(ring)
+        self.events: list[Any] = [None] * len(ring)  # copy-done event guarding a buffer's reuse
+        self.head = 0  # position the consumer asked for last
+        self.error: BaseException | None = None
+        self.stop = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="routerllm-offload-stream", daemon=True)
+        self.thread.start()
+
+    def _wanted(self) -> list[int]:
+        n = len(self.units)
+        return [(self.head + k) % n for k in range(min(len(self.ring), n))]
+
+    def _pick(self) -> tuple[int, int] | None:
+        wanted = self._wanted()
+        for pos in wanted:
+            if pos in self.held:
+                continue
+            for b in range(len(self.ring)):
+                if not self.in_use[b] and (self.held[b] is None or self.held[b] not in wanted):
+                    return b, pos
+            return None
+        return None
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.stop and (choice := self._pick()) is None:
+                        self.cond.wait()
+                    if self.stop:
+                        return
+                    b, pos = choice
+                    self.held[b], self.ready[b] = pos, False
+                    event, self.events[b] = self.events[b], None
+                if event is not None:
+                    event.synchronize()  # the last copy out of this buffer must finish before we overwrite it
+                self.reader.fill(self.units[pos].entries, self.ring[b], count_disk=True)
+                with self.cond:
+                    self.ready[b] = True
+                    self.cond.notify_all()
+        except BaseException as exc:  # surfaced to the forward that waits for the data
+            with self.cond:
+                self.error = exc
+                self.cond.notify_all()
+
+    def acquire(self, unit: _Unit) -> tuple[int, Any]:
+        pos = self.order[unit.index]
+        with self.cond:
+            self.head = pos
+            self.cond.notify_all()
+            while True:
+                if self.error is not None:
+                    raise RunFailed(f"reading offloaded layer {unit.name} failed: {self.error}") from self.error
+                for b, held in enumerate(self.held):
+                    if held == pos and self.ready[b]:
+                        self.in_use[b] = True
+                        return b, self.ring[b]
+                self.cond.wait()
+
+    def release(self, b: int, event: Any) -> None:
+        with self.cond:
+            self.in_use[b] = False
+            self.events[b] = event
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.stop = True
+            self.cond.notify_all()
+        self.thread.join()
+
+
+# ----------------------------------------------------------------------------------------------- staging
+class _Staging:
+    """Two flat staging buffers on one execution device, a copy stream, and the events that order them."""
+
+    def __init__(self, device: Any, nbytes: int):
+        import torch
+
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.bufs = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
+        self.holder: list[int | None] = [None, None]
+        self.loaded_at = [0, 0]
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.ready = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
+        self.free = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
+
+    def slot_of(self, unit: _Unit) -> int | None:
+        for s, held in enumerate(self.holder):
+            if held == unit.index:
+                return s
+        return None
+
+    def victim(self, keep: int | None) -> int:
+        candidates = [s for s in (0, 1) if s != keep]
+        return min(candidates, key=lambda s: self.loaded_at[s])
+
+    def compute_stream(self) -> Any:
+        import torch
+
+        return torch.cuda.current_stream(self.device) if self.cuda else None
+
+
+# ----------------------------------------------------------------------------------------------- engine
+class OffloadEngine:
+    """Takes over the modules `device_map` puts on "cpu"/"disk" and runs them from pinned, prefetched copies.
+
+    `execution_device`: where offloaded units run; None runs each on the GPU of the map entry before it (the
+    first GPU in the map for a leading unit, the CPU when the map has no GPU). `pin_budget_bytes`: the most host
+    memory the engine pins (None: no limit); disk units are cached in host RAM only within it, since they were
+    put on disk because RAM is short, and are streamed from disk otherwise. `keep_4bit`: quantize offloaded
+    linears to NF4 once and move them packed (needs bitsandbytes).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device_map: dict[str, Any],
+        *,
+        execution_device: Any = None,
+        pin_budget_bytes: int | None = None,
+        keep_4bit: bool = False,
+        compress_statistics: bool = True,
+    ):
+        self.model = model
+        self.device_map = dict(device_map)
+        self.execution_device = execution_device
+        self.pin_budget_bytes = pin_budget_bytes
+        self.keep_4bit = keep_4bit
+        self.compress_statistics = compress_statistics
+        self.units: list[_Unit] = []
+        self.staging: dict[Any, _Staging] = {}
+        self.streamer: _DiskStreamer | None = None
+        self.reader: _Reader | None = None
+        self.ring: list[Any] = []
+        self.ring_pinned = False
+        self.pageable_reasons: list[str] = []
+        self.skipped: list[str] = []
+        self.copied_bytes = 0
+        self.unprefetched = 0
+        self.clock = 0
+        self.attached = False
+        self._registered: list[int] = []  # data_ptrs we cudaHostRegister-ed
+
+    # ------------------------------------------------------------------ planning
+    def _device(self, value: Any) -> Any:
+        import torch
+
+        if isinstance(value, int):
+            return torch.device("cuda", value)
+        dev = torch.device(value)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        return dev
+
+    def _plan_units(self) -> None:
+        modules = dict(self.model.named_modules())
+        order = {name: i for i, name in enumerate(modules)}
+        for name, dev in self.device_map.items():
+            if name not in modules:
+                raise ConfigError(f"device map names {name!r}, which is not a module of this model",
+                                  fix="pass the device map the model was loaded with")  # fmt: skip
+            if dev in _OFFLOADED and name == "":
+                raise ConfigError("the device map offloads the whole model", fix="map some modules to a GPU")
+        ordered = sorted(self.device_map, key=lambda n: order[n])
+        # a leading offloaded unit runs where the first GPU-resident module runs
+        previous = next((self.device_map[n] for n in ordered if self.device_map[n] not in _OFFLOADED), None)
+        shared = self._shared_param_ids()
+        for name in ordered:
+            dev = self.device_map[name]
+            if dev not in _OFFLOADED:
+                previous = dev
+                continue
+            module = modules[name]
+            if any(id(p) in shared for p in module.parameters()):
+                self.skipped.append(f"{name}: shares a parameter with a module outside it (tied weights)")
+                continue
+            exec_dev = self.execution_device if self.execution_device is not None else previous
+            exec_dev = self._device("cpu" if exec_dev is None else exec_dev)
+            self.units.append(_Unit(index=len(self.units), name=name, module=module, device=exec_dev,
+                                    disk=dev == "disk"))  # fmt: skip
+
+    def _shared_param_ids(self) -> set[int]:
+        owners: dict[int, set[str]] = {}
+        offloaded = [n for n, d in self.device_map.items() if d in _OFFLOADED]
+        for pname, p in self.model.named_parameters(remove_duplicate=False):
+            unit = next((n for n in offloaded if pname.startswith(n + ".")), None)
+            owners.setdefault(id(p), set()).add(unit or "")
+        return {pid for pid, units in owners.items() if len(units) > 1}
+
+    def _collect(self, unit: _Unit, headers: dict) -> None:
+        """Find where each tensor of the unit lives (module, Accelerate weights_map or file) and strip hooks."""
+        import torch
+
+        prefixes = {}
+        for rel, sub in unit.module.named_modules():
+            prefixes[id(sub)] = rel
+            for hook in _offload_hooks(sub):
+                unit.saved_hooks.append((sub, hook))
+        owners = {id(m): m for _, m in unit.module.named_modules()}
+
+        def weights_map_for(rel_module: str, local: str) -> tuple[Any, str] | None:
+            parts = rel_module.split(".") if rel_module else []
+            for depth in range(len(parts), -1, -1):
+                anc_rel = ".".join(parts[:depth])
+                anc = unit.module.get_submodule(anc_rel) if anc_rel else unit.module
+                for hook in _offload_hooks(anc):
+                    wm = getattr(hook, "weights_map", None)
+                    if getattr(hook, "offload", False) and wm is not None:
+                        if depth == len(parts) or getattr(hook, "place_submodules", False):
+                            key = ".".join(parts[depth:] + [local])
+                            return wm, key
+            return None
+
+        for mid, sub in owners.items():
+            rel = prefixes[mid]
+            for kind, store in (("param", sub._parameters), ("buffer", sub._buffers)):
+                for local, t in store.items():
+                    if t is None:
+                        continue
+                    e = _Entry(sub, local, kind == "param", tuple(t.shape), t.dtype)
+                    if t.device.type != "meta":
+                        if kind == "buffer":
+                            # buffers are small and Accelerate keeps them on the execution device already
+                            store[local] = t.to(unit.device)
+                            continue
+                        e.source = _Source(tensor=t.detach(), from_module=True)
+                    else:
+                        found = weights_map_for(rel, local)
+                        if found is None:
+                            where = f"{unit.name}.{rel}.{local}" if rel else f"{unit.name}.{local}"
+                            raise RunFailed(f"no weights found for offloaded tensor {where}",
+                                            fix="load the model with the device map and offload folder it was planned with")  # fmt: skip
+                        e.source = _source_from_weights_map(found[0], found[1], e, headers)
+                    e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
+                    if e.is_param:
+                        e.placeholder = torch.nn.Parameter(e.placeholder, requires_grad=False)
+                    unit.entries.append(e)
+        if not unit.entries:  # only buffers (rotary tables): Accelerate already keeps them on the device
+            unit.saved_hooks.clear()
+            return
+        for sub, _ in unit.saved_hooks:
+            _strip_hook(sub)
+
+    def _pack_4bit(self, unit: _Unit) -> None:
+        """Swap each plain linear of the unit for an NF4Linear whose packed tensors become flat-buffer entries."""
+        import torch
+
+        from routerllm_cli.offload import quant
+
+        quant.require_bitsandbytes()
+        by_tensor = {(id(e.module), e.name): e for e in unit.entries}
+        linears = [(n, m) for n, m in unit.module.named_modules() if type(m) is torch.nn.Linear]
+        for rel, lin in linears:
+            w_entry = by_tensor.pop((id(lin), "weight"))
+            weight = _read_entry(w_entry, self.reader, count_disk=unit.disk).to(unit.device)
+            packed, facts = quant.quantize_nf4(weight, compress_statistics=self.compress_statistics)
+            del weight
+            nf4 = quant.nf4_module_for(lin, facts, compute_dtype=w_entry.dtype)
+            if rel:
+                parent_name, _, child = rel.rpartition(".")
+                parent = unit.module.get_submodule(parent_name) if parent_name else unit.module
+            else:  # the unit is itself a linear (an offloaded lm_head): swap it in the model
+                parent_name, _, child = unit.name.rpartition(".")
+                parent = self.model.get_submodule(parent_name) if parent_name else self.model
+                unit.module = nf4
+            setattr(parent, child, nf4)
+            unit.swapped.append((parent, child, lin))
+            unit.entries.remove(w_entry)
+            bias_entry = by_tensor.pop((id(lin), "bias"), None)
+            if bias_entry is not None:
+                bias_entry.module = nf4
+            for name, t in packed.items():
+                e = _Entry(nf4, name, False, tuple(t.shape), t.dtype, source=_Source(tensor=t))
+                e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
+                unit.entries.append(e)
+
+    @staticmethod
+    def _layout(unit: _Unit) -> None:
+        offset = 0
+        for e in unit.entries:
+            e.offset = offset
+            e.nbytes = _numel(e.shape) * _itemsize(e.dtype)
+            offset += -(-e.nbytes // _ALIGN) * _ALIGN
+        unit.nbytes = offset
+
+    def _pin(self, tensor: Any) -> str | None:
+        """Page-lock an existing host tensor (no power-of-two rounding, unlike the caching host allocator)."""
+        import torch
+
+        if tensor.numel() == 0:
+            return None
+        err = int(torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0))
+        if err != 0:
+            _clear_cuda_error()
+            return f"cudaHostRegister failed with CUDA error {err}"
+        self._registered.append(tensor.data_ptr())
+        return None
+
+    def _place(self) -> None:
+        """Decide for every unit: resident pinned, resident pageable, or streamed from disk."""
+        import torch
+
+        can_pin = any(u.device.type == "cuda" for u in self.units) and torch.cuda.is_available()
+        if not can_pin:
+            self._note_pageable("execution device is the CPU: host buffers stay pageable")
+        budget = float("inf") if self.pin_budget_bytes is None else self.pin_budget_bytes
+        streamed: list[_Unit] = []
+        for unit in sorted(self.units, key=lambda u: u.disk):  # RAM units first: they are in RAM anyway
+            fits = unit.nbytes <= budget
+            if unit.disk and not self.keep_4bit and not fits:
+                streamed.append(unit)
+                continue
+            unit.host = torch.empty(unit.nbytes, dtype=torch.uint8)
+            self.reader.fill(unit.entries, unit.host, count_disk=unit.disk)
+            self._adopt(unit)
+            if fits:
+                budget -= unit.nbytes
+                if can_pin:
+                    reason = self._pin(unit.host)
+                    unit.pinned = reason is None
+                    if reason:
+                        self._note_pageable(reason)
+            else:
+                self._note_pageable(f"pin budget of {format_bytes(self.pin_budget_bytes)} reached")
+        if streamed:
+            size = max(u.nbytes for u in streamed)
+            self.ring = [torch.empty(size, dtype=torch.uint8) for _ in range(_RING_DEPTH)]
+            if size * _RING_DEPTH <= budget and can_pin:
+                reasons = [self._pin(buf) for buf in self.ring]
+                self.ring_pinned = not any(reasons)
+                for reason in filter(None, reasons):
+                    self._note_pageable(reason)
+            elif can_pin:
+                self._note_pageable(f"pin budget of {format_bytes(self.pin_budget_bytes)} reached")
+            self.streamer = _DiskStreamer(sorted(streamed, key=lambda u: u.index), self.ring, self.reader)
+
+    def _note_pageable(self, reason: str) -> None:
+        if reason not in self.pageable_reasons:
+            self.pageable_reasons.append(reason)
+
+    def _adopt(self, unit: _Unit) -> None:
+        """Point Accelerate's RAM copies at our buffer (frees the duplicate) and drop references to the originals."""
+        for e in unit.entries:
+            src = e.source
+            if src.owner is not None:  # a raw copy (NF4-packed entries have no owner)
+                store, key = src.owner
+                store[key] = _view(unit.host, e)
+            e.source = _Source(tensor=None, from_module=src.from_module)
+
+    # ------------------------------------------------------------------ attach / detach
+    def attach(self) -> "OffloadEngine":
+        import torch
+
+        if self.attached or getattr(self.model, "_routerllm_offload_engine", None) is not None:
+            raise ConfigError("an offload engine is already attached to this model", fix="detach() it first")
+        self._plan_units()
+        self.reader = _Reader()
+        headers: dict = {}
+        try:
+            for unit in self.units:
+                self._collect(unit, headers)
+            self.units = [u for u in self.units if u.entries]
+            for index, unit in enumerate(self.units):
+                unit.index = index
+                if self.keep_4bit:
+                    self._pack_4bit(unit)
+                self._layout(unit)
+            self._place()
+            sizes: dict[Any, int] = {}
+            for unit in self.units:
+                sizes[unit.device] = max(sizes.get(unit.device, 0), unit.nbytes)
+            self.staging = {dev: _Staging(dev, n) for dev, n in sizes.items()}
+            for unit in self.units:
+                self._unbind(unit)
+                unit.handles.append(unit.module.register_forward_pre_hook(
+                    lambda m, a, k, u=unit: self._pre_forward(u, a, k), with_kwargs=True))  # fmt: skip
+                unit.handles.append(unit.module.register_forward_hook(
+                    lambda m, a, o, u=unit: self._post_forward(u), always_call=True))  # fmt: skip
+        except BaseException:
+            self._teardown()
+            raise
+        self.attached = True
+        self.model._routerllm_offload_engine = self
+        if any(s.cuda for s in self.staging.values()):
+            torch.cuda.synchronize()
+        return self
+
+    def detach(self) -> None:
+        """Give the modules back to Accelerate's hooks: the model keeps working on the stock path."""
+        import torch
+        from accelerate.hooks import add_hook_to_module
+
+        if not self.attached:
+            return
+        if any(s.cuda for s in self.staging.values()):
+            torch.cuda.synchronize()
+        for unit in self.units:
+            for handle in unit.handles:
+                handle.remove()
+            unit.handles.clear()
+            self._unbind(unit)
+            for parent, child, original in reversed(unit.swapped):
+                setattr(parent, child, original)
+            unit.swapped.clear()
+            for e in unit.entries:
+                if e.source.from_module and unit.host is not None and not _is_nf4(e.module):
+                    store = e.module._parameters if e.is_param else e.module._buffers
+                    value = _view(unit.host, e)
+                    store[e.name] = torch.nn.Parameter(value, requires_grad=False) if e.is_param else value
+            for sub, hook in unit.saved_hooks:
+                add_hook_to_module(sub, hook)
+            unit.saved_hooks.clear()
+            unit.bindings.clear()  # they hold views of the staging buffers
+            unit.host = None
+        self._teardown()
+        self.attached = False
+        self.model.__dict__.pop("_routerllm_offload_engine", None)
+
+    def _teardown(self) -> None:
+        import torch
+
+        if self.streamer is not None:
+            self.streamer.close()
+            self.streamer = None
+        if self.reader is not None:
+            self.reader.close()
+        for ptr in self._registered:
+            torch.cuda.cudart().cudaHostUnregister(ptr)
+        self._registered.clear()
+        self.staging = {}
+        self.ring = []
+
+    # ------------------------------------------------------------------ forward path
+    def _bindings(self, unit: _Unit, slot: int) -> list:
+        import torch
+
+        if slot not in unit.bindings:
+            buf = self.staging[unit.device].bufs[slot]
+            out = []
+            for e in unit.entries:
+                view = _view(buf, e)
+                if e.is_param:
+                    out.append((e.module._parameters, e.name, torch.nn.Parameter(view, requires_grad=False)))
+                else:
+                    out.append((e.module._buffers, e.name, view))
+            unit.bindings[slot] = out
+        return unit.bindings[slot]
+
+    def _unbind(self, unit: _Unit) -> None:
+        for e in unit.entries:
+            (e.module._parameters if e.is_param else e.module._buffers)[e.name] = e.placeholder
+        unit.slot = None
+
+    def _load(self, unit: _Unit, st: _Staging, slot: int) -> None:
+        import torch
+
+        st.holder[slot] = unit.index
+        self.clock += 1
+        st.loaded_at[slot] = self.clock
+        ring_slot = None
+        src = unit.host
+        if src is None:
+            ring_slot, src = self.streamer.acquire(unit)
+        dst = st.bufs[slot][: unit.nbytes]
+        if st.cuda:
+            with torch.cuda.stream(st.stream):
+                st.stream.wait_event(st.free[slot])  # the unit that used this slot last must be done with it
+                dst.copy_(src[: unit.nbytes], non_blocking=True)
+                st.ready[slot].record(st.stream)
+            done = torch.cuda.Event()
+            done.record(st.stream)
+        else:
+            dst.copy_(src[: unit.nbytes])
+            done = None
+        if ring_slot is not None:
+            self.streamer.release(ring_slot, done)
+        self.copied_bytes += unit.nbytes
+
+    def _pre_forward(self, unit: _Unit, args: tuple, kwargs: dict) -> tuple:
+        st = self.staging[unit.device]
+        slot = st.slot_of(unit)
+        if slot is None:
+            slot = st.victim(keep=None)
+            self._load(unit, st, slot)
+            self.unprefetched += 1
+        if st.cuda:
+            st.compute_stream().wait_event(st.ready[slot])
+        for store, name, tensor in self._bindings(unit, slot):
+            store[name] = tensor
+        unit.slot = slot
+        return _to_device(args, unit.device), _to_device(kwargs, unit.device)
+
+    def _post_forward(self, unit: _Unit) -> None:
+        if unit.slot is None:
+            return
+        st = self.staging[unit.device]
+        slot = unit.slot
+        if st.cuda:
+            st.free[slot].record(st.compute_stream())
+        self._unbind(unit)
+        nxt = self.units[(unit.index + 1) % len(self.units)]
+        nst = self.staging[nxt.device]
+        if nxt is not unit and nst.slot_of(nxt) is None:
+            self._load(nxt, nst, nst.victim(keep=slot if nst is st else None))
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> OffloadStats:
+        resident = [u for u in self.units if u.host is not None]
+        pinned = sum(u.nbytes for u in resident if u.pinned) + (sum(b.numel() for b in self.ring) if self.ring_pinned else 0)
+        host = sum(u.nbytes for u in resident) + sum(b.numel() for b in self.ring)
+        per_device: dict[Any, list[_Unit]] = {}
+        for u in self.units:
+            per_device.setdefault(u.device, []).append(u)
+        # with at most two units on a device both stay in its staging slots: nothing crosses the bus once warm
+        per_step = sum(sum(u.nbytes for u in us) for us in per_device.values() if len(us) > 2)
+        reader = self.reader
+        return OffloadStats(
+            offloaded_layers=len(self.units),
+            host_bytes=host,
+            pinned_bytes=pinned,
+            pageable_bytes=host - pinned,
+            pageable_reason="; ".join(self.pageable_reasons) or None,
+            disk_layers=sum(u.disk for u in self.units),
+            bytes_per_step=per_step,
+            quantized_4bit=self.keep_4bit and bool(self.units),
+            streamed_layers=len(self.units) - len(resident),
+            staging_bytes=sum(sum(b.numel() for b in s.bufs) for s in self.staging.values()),
+            copied_bytes=self.copied_bytes,
+            unprefetched_loads=self.unprefetched,
+            disk_read_bytes=reader.bytes if reader else 0,
+            disk_read_seconds=reader.seconds if reader else 0.0,
+            execution_devices=tuple(sorted({str(u.device) for u in self.units})),
+            skipped=tuple(self.skipped),
+        )
+
+
+def attach_offload_engine(model: Any, device_map: dict[str, Any], **kw: Any) -> OffloadEngine:
+    """Build an `OffloadEngine` for a model loaded with `device_map` and attach it."""
+    return OffloadEngine(model, device_map, **kw).attach()
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _read_entry(e: _Entry, reader: _Reader, *, count_disk: bool) -> Any:
+    import torch
+
+    flat = torch.empty(-(-_numel(e.shape) * _itemsize(e.dtype) // _ALIGN) * _ALIGN, dtype=torch.uint8)
+    tmp = _Entry(e.module, e.name, e.is_param, e.shape, e.dtype, 0, _numel(e.shape) * _itemsize(e.dtype), e.source)
+    reader.fill([tmp], flat, count_disk=count_disk)
+    return _view(flat, tmp)
+
+
+def _clear_cuda_error() -> None:
+    """A failed cudaHostRegister leaves the runtime's last error set; the next kernel launch check would raise it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).cudaGetLastError()
+    except (OSError, AttributeError):
+        pass
+
+
+def _is_nf4(module: Any) -> bool:
+    from routerllm_cli.offload.quant import NF4Linear
+
+    return isinstance(module, NF4Linear)
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _itemsize(dtype: Any) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device == device else obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        moved = [_to_device(v, device) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else tuple(moved)
+    return obj
