@@ -128,14 +128,16 @@ libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), (ctypes.c_uint32 * 6)())
 ARCH = {"x86_64": (0xC000003E, dict(clone=56, fork=57, vfork=58, execve=59, execveat=322, clone3=435)),
         "aarch64": (0xC00000B7, dict(clone=220, execve=221, execveat=281, clone3=435))}.get(os.uname().machine)
 if ARCH:
-    ALLOW, EPERM, ENOSYS, LD, JEQ, JSET, RET = 0x7FFF0000, 0x50001, 0x50026, 0x20, 0x15, 0x45, 0x06
+    ALLOW, EPERM, ENOSYS, LD, JEQ, JGE, JSET, RET = 0x7FFF0000, 0x50001, 0x50026, 0x20, 0x15, 0x35, 0x45, 0x06
     arch, nr = ARCH
     checks = [(nr[k], "deny") for k in ("fork", "vfork", "execve", "execveat") if k in nr]
     checks += [(nr["clone3"], "nosys"), (nr["clone"], "clone")]  # ENOSYS: libc falls back to clone for threads
-    clone_at = 4 + len(checks) + 1
+    # foreign arch or x32 numbering (>= 0x40000000) is refused: the same call under another number is no way out
+    head = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, EPERM), (LD, 0, 0, 0), (JGE, 0, 0, 0x40000000)]
+    clone_at = len(head) + len(checks) + 1
     to = {"clone": clone_at, "deny": clone_at + 3, "nosys": clone_at + 4}
-    prog = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
-    prog += [(JEQ, to[what] - (4 + i) - 1, 0, n) for i, (n, what) in enumerate(checks)]
+    head[4] = (JGE, to["deny"] - 5, 0, 0x40000000)
+    prog = head + [(JEQ, to[what] - (len(head) + i) - 1, 0, n) for i, (n, what) in enumerate(checks)]
     prog += [(RET, 0, 0, ALLOW), (LD, 0, 0, 16), (JSET, 0, 1, 0x10000), (RET, 0, 0, ALLOW), (RET, 0, 0, EPERM),
              (RET, 0, 0, ENOSYS)]
     class Insn(ctypes.Structure):
@@ -259,7 +261,7 @@ class Sandbox:
 
     @property
     def network_isolation(self) -> str:
-        """"namespace" (no interfaces) or "socket-patch" (socket.socket refuses to be built)."""
+        """What blocks the network: "namespace" (no interface up) or "socket-patch" (no socket can be built)."""
         if "net" not in self.isolation:
             self.run_program("pass")
         return self.isolation["net"]
@@ -324,6 +326,8 @@ class Sandbox:
                 elif line.startswith(nonce + " "):
                     verdict = line[len(nonce) + 1:]
             tail.join(timeout=1.0)
+            if not tail.is_alive():
+                proc.stdout.close()
         finally:
             os.close(verdict_r)
             shutil.rmtree(tmp, ignore_errors=True)
