@@ -504,7 +504,12 @@ class OffloadEngine:
 
         quant.require_bitsandbytes()
         by_tensor = {(id(e.module), e.name): e for e in unit.entries}
-        linears = [(n, m) for n, m in unit.module.named_modules() if type(m) is torch.nn.Linear]
+        skip = self._not_quantized()
+        linears = [
+            (rel, m)
+            for rel, m in unit.module.named_modules()
+            if type(m) is torch.nn.Linear and not _matches(f"{unit.name}.{rel}" if rel else unit.name, skip)
+        ]
         for rel, lin in linears:
             w_entry = by_tensor.pop((id(lin), "weight"))
             weight = _read_entry(w_entry, self.reader, count_disk=unit.disk).to(unit.device)
@@ -528,6 +533,17 @@ class OffloadEngine:
                 e = _Entry(nf4, name, False, tuple(t.shape), t.dtype, source=_Source(tensor=t))
                 e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
                 unit.entries.append(e)
+
+    def _not_quantized(self) -> list[str]:
+        """What transformers keeps in 16-bit even on the GPU: the output embeddings and configured skips."""
+        skip = []
+        out_emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        skip += [name for name, m in self.model.named_modules() if out_emb is not None and m is out_emb]
+        qc = getattr(getattr(self.model, "config", None), "quantization_config", None)
+        extra = qc.get("llm_int8_skip_modules") if isinstance(qc, dict) else getattr(qc, "llm_int8_skip_modules", None)
+        skip += list(extra or [])
+        skip += list(getattr(self.model, "_keep_in_fp32_modules", None) or [])
+        return skip
 
     @staticmethod
     def _layout(unit: _Unit) -> None:
@@ -798,6 +814,8 @@ def attach_offload_engine(model: Any, device_map: dict[str, Any], **kw: Any) -> 
 def _read_entry(e: _Entry, reader: _Reader, *, count_disk: bool) -> Any:
     import torch
 
+    if e.source.tensor is not None:
+        return e.source.tensor
     flat = torch.empty(-(-_numel(e.shape) * _itemsize(e.dtype) // _ALIGN) * _ALIGN, dtype=torch.uint8)
     tmp = _Entry(e.module, e.name, e.is_param, e.shape, e.dtype, 0, _numel(e.shape) * _itemsize(e.dtype), e.source)
     reader.fill([tmp], flat, count_disk=count_disk)
@@ -812,6 +830,10 @@ def _clear_cuda_error() -> None:
         ctypes.CDLL(None).cudaGetLastError()
     except (OSError, AttributeError):
         pass
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(f".{p}." in f".{name}." for p in patterns if p)
 
 
 def _is_nf4(module: Any) -> bool:
