@@ -417,13 +417,15 @@ class OffloadEngine:
             if dev in _OFFLOADED and name == "":
                 raise ConfigError("the device map offloads the whole model", fix="map some modules to a GPU")
         ordered = sorted(self.device_map, key=lambda n: order[n])
-        # a leading offloaded unit runs where the first GPU-resident module runs
-        previous = next((self.device_map[n] for n in ordered if self.device_map[n] not in _OFFLOADED), None)
+        # where the hidden states are: the last GPU module with weights (a rotary table placed anywhere says
+        # nothing); a leading offloaded unit runs where the first one does
+        computing = [n for n in ordered if self.device_map[n] not in _OFFLOADED and _has_params(modules[n])]
+        previous = self.device_map[computing[0]] if computing else None
         shared = self._shared_param_ids()
         for name in ordered:
             dev = self.device_map[name]
             if dev not in _OFFLOADED:
-                previous = dev
+                previous = dev if name in computing else previous
                 continue
             module = modules[name]
             if any(id(p) in shared for p in module.parameters()):
@@ -568,42 +570,61 @@ class OffloadEngine:
         return None
 
     def _place(self) -> None:
-        """Decide for every unit: resident pinned, resident pageable, or streamed from disk."""
+        """Decide for every unit: resident pinned, resident pageable, or streamed from disk.
+
+        RAM-offloaded units are in RAM anyway, so they are pinned first. Disk units are cached in host RAM only
+        within what the budget leaves; when some must stream, the read-ahead ring is reserved first, since
+        every streamed byte crosses the bus from it.
+        """
         import torch
 
         can_pin = any(u.device.type == "cuda" for u in self.units) and torch.cuda.is_available()
         if not can_pin:
             self._note_pageable("execution device is the CPU: host buffers stay pageable")
         budget = float("inf") if self.pin_budget_bytes is None else self.pin_budget_bytes
-        streamed: list[_Unit] = []
-        for unit in sorted(self.units, key=lambda u: u.disk):  # RAM units first: they are in RAM anyway
+        over_budget = f"pin budget of {format_bytes(self.pin_budget_bytes or 0)} reached"
+        in_ram = [u for u in self.units if not u.disk or self.keep_4bit]
+        on_disk = [u for u in self.units if u.disk and not self.keep_4bit]
+        for unit in in_ram:
             fits = unit.nbytes <= budget
-            if unit.disk and not self.keep_4bit and not fits:
-                streamed.append(unit)
-                continue
-            unit.host = torch.empty(unit.nbytes, dtype=torch.uint8)
-            self.reader.fill(unit.entries, unit.host, count_disk=unit.disk)
-            self._adopt(unit)
-            if fits:
+            budget -= unit.nbytes if fits else 0
+            self._materialise(unit, pin=can_pin and fits)
+            if not fits:
+                self._note_pageable(over_budget)
+        ring_bytes = _RING_DEPTH * max((u.nbytes for u in on_disk), default=0)
+        ring_fits = False
+        if sum(u.nbytes for u in on_disk) > budget:
+            ring_fits = ring_bytes <= budget
+            budget -= ring_bytes if ring_fits else 0
+        streamed = []
+        for unit in on_disk:
+            if unit.nbytes <= budget:
                 budget -= unit.nbytes
-                if can_pin:
-                    reason = self._pin(unit.host)
-                    unit.pinned = reason is None
-                    if reason:
-                        self._note_pageable(reason)
+                self._materialise(unit, pin=can_pin)
             else:
-                self._note_pageable(f"pin budget of {format_bytes(self.pin_budget_bytes)} reached")
+                streamed.append(unit)
         if streamed:
-            size = max(u.nbytes for u in streamed)
-            self.ring = [torch.empty(size, dtype=torch.uint8) for _ in range(_RING_DEPTH)]
-            if size * _RING_DEPTH <= budget and can_pin:
+            self.ring = [torch.empty(ring_bytes // _RING_DEPTH, dtype=torch.uint8) for _ in range(_RING_DEPTH)]
+            if can_pin and ring_fits:
                 reasons = [self._pin(buf) for buf in self.ring]
                 self.ring_pinned = not any(reasons)
                 for reason in filter(None, reasons):
                     self._note_pageable(reason)
             elif can_pin:
-                self._note_pageable(f"pin budget of {format_bytes(self.pin_budget_bytes)} reached")
-            self.streamer = _DiskStreamer(sorted(streamed, key=lambda u: u.index), self.ring, self.reader)
+                self._note_pageable(over_budget)
+            self.streamer = _DiskStreamer(streamed, self.ring, self.reader)
+
+    def _materialise(self, unit: _Unit, *, pin: bool) -> None:
+        import torch
+
+        unit.host = torch.empty(unit.nbytes, dtype=torch.uint8)
+        self.reader.fill(unit.entries, unit.host, count_disk=unit.disk)
+        self._adopt(unit)
+        if pin:
+            reason = self._pin(unit.host)
+            unit.pinned = reason is None
+            if reason:
+                self._note_pageable(reason)
 
     def _note_pageable(self, reason: str) -> None:
         if reason not in self.pageable_reasons:
@@ -830,6 +851,10 @@ def _clear_cuda_error() -> None:
         ctypes.CDLL(None).cudaGetLastError()
     except (OSError, AttributeError):
         pass
+
+
+def _has_params(module: Any) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
