@@ -267,10 +267,13 @@ def gpu_checks(hw: HardwareReport) -> list[Check]:
         why = f" ({hw.nvml_error})" if hw.nvml_error else ""
         return [Check("gpus", "warn", f"no NVIDIA GPU found{why}: planning for CPU only",
                       fix="run on a machine with NVIDIA GPUs, or try --assume-gpus 2x80GB to plan for one")]
-    names = ", ".join(f"{g.index}: {g.name} {format_bytes(g.total_bytes)} ({format_bytes(g.free_bytes)} free)"
-                      for g in hw.gpus)
-    checks = [Check("gpus", "ok" if not hw.assumed else "info",
-                    f"{'assumed ' if hw.assumed else ''}{len(hw.gpus)} GPU(s): {names}")]
+    if hw.assumed:
+        sizes = ", ".join(format_bytes(g.total_bytes) for g in hw.gpus)
+        checks = [Check("gpus", "info", f"assumed {len(hw.gpus)} GPU(s) of {sizes}, empty")]
+    else:
+        names = ", ".join(f"{g.index}: {g.name} {format_bytes(g.total_bytes)} ({format_bytes(g.free_bytes)} free)"
+                          for g in hw.gpus)
+        checks = [Check("gpus", "ok", f"{len(hw.gpus)} GPU(s): {names}")]
     if not hw.assumed:
         checks.append(Check("driver", "ok" if hw.driver else "warn",
                             f"driver {hw.driver or 'unknown'}, CUDA {hw.cuda or 'unknown'} supported"))
@@ -297,10 +300,9 @@ def disk_checks(hw: HardwareReport, offload_folder: Path | None, managed_folder:
     from routerllm_cli.offload.folder import LOCK_NAME, OffloadLock
 
     checks = []
-    if hw.hf_cache:
-        free = hw.disk_free.get(hw.hf_cache)
-        checks.append(Check("hf_cache", "ok", f"HF cache {hw.hf_cache}: "
-                            f"{format_bytes(free) if free is not None else 'unknown'} free"))
+    cache = hw.hf_cache or str(_abs(hf_cache_dir()))
+    free = hw.free_disk_at(cache)
+    checks.append(Check("hf_cache", "ok", f"HF cache {cache}: {format_bytes(free) if free is not None else 'unknown'} free"))
     if offload_folder is None:
         checks.append(Check("offload_folder", "info", "the model sets no offload_folder (disk offload unavailable)"))
     else:
@@ -340,9 +342,11 @@ def package_checks(hw: HardwareReport, *, quantization: str, flash_attention: bo
             status: Status = "fail" if usable is False else "ok"
             checks.append(Check("torch", status, detail,
                                 fix="match the torch CUDA build to the driver (see pytorch.org)" if usable is False else None))
+        elif hw.gpus and hw.assumed:
+            checks.append(Check("torch", "info", f"torch {torch_v}, CPU-only build here (fine for planning; the GPU "
+                                "machine needs a CUDA build)"))
         else:
-            bad = bool(hw.gpus) and not hw.assumed
-            checks.append(Check("torch", "fail" if bad else ("warn" if hw.gpus else "ok"),
+            checks.append(Check("torch", "fail" if hw.gpus else "ok",
                                 f"torch {torch_v}, CPU-only build" + (" - cannot use the GPUs" if hw.gpus else ""),
                                 fix="install a CUDA build of torch (pip install torch --index-url "
                                     "https://download.pytorch.org/whl/cu124)" if hw.gpus else None))

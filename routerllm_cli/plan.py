@@ -444,7 +444,7 @@ class _Planner:
             bus = sizes.gpu if (quantization != "none" and engine == "routerllm") else sizes.host
             # routerllm's engine double-buffers the largest offloaded layer; accelerate's hooks move one at a time
             buffers = 2 if engine == "routerllm" else 1
-            out[exec_dev]["offload_staging"] = buffers * self._largest(offloaded, bus)
+            out.setdefault(exec_dev, {})["offload_staging"] = buffers * self._largest(offloaded, bus)
         on_disk = [k for k, d in device_map.items() if d == "disk"]
         if on_disk:
             # disk layers pass through host RAM on their way to the compute device (read-ahead: two at a time)
@@ -523,7 +523,8 @@ def plan_model(spec: ModelSpec, hardware: HardwareReport, *, batch_size: int = 1
     planner = _Planner(spec, hardware, batch_size=batch_size, seq_len=seq_len, model=model, token=token)
     quant, engine = spec.quantization, spec.offload_engine
     sizes = planner.sizes(quant)
-    notes = list(check_fits(spec, sizes.params))
+    # The config-level 4-bit rule only makes sense where 4-bit can run: on GPUs.
+    notes = list(check_fits(spec, sizes.params)) if hardware.gpus else spec.offload_notes()
     caps = planner.hardware_caps()
     user = dict(spec.max_memory)
     for d in [d for d in user if isinstance(d, int) and d not in caps]:
