@@ -388,11 +388,22 @@ def _transformers_progress(hook: Callable[..., Any] | None) -> Iterator[None]:
     if hook is None or setter is None:
         yield
         return
+    # GGUF de-quantization (the slow part of a GGUF load) draws a plain tqdm bar that the hook does not see;
+    # its module-level name is swapped for the duration of the load.
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    plain = getattr(gguf_utils, "tqdm", None)
     previous = setter(hook)
+    if plain is not None:
+        gguf_utils.tqdm = lambda *args, **kwargs: hook(plain, args, kwargs)
     try:
         yield
     finally:
         setter(previous)
+        if plain is not None:
+            gguf_utils.tqdm = plain
 
 
 # ------------------------------------------------------------------------------------------- failures

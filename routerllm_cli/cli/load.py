@@ -99,7 +99,8 @@ class _LoadProgress:
         elif stage == "tokenizer":
             self.progress.update(self.task, description="loading weights")
         elif stage == "prepare":
-            self.progress.update(self.task, description=str(event.get("message") or "preparing"))
+            count = f" ({event['done']}/{event['total']})" if event.get("total") else ""
+            self.progress.update(self.task, description=f"{event.get('message') or 'preparing'}{count}")
         elif stage == "weights":
             shards = (f" (shard {event['shards_done']}/{event['shards_total']})"
                       if event.get("shards_done") is not None and event.get("shards_total") else "")
@@ -132,7 +133,7 @@ def _render(console: Any, data: dict) -> None:
         table.add_row(name, info.get("layers") or "-", format_bytes(info.get("bytes", 0)), mem_s)
     console.print(table)
     for dev, where in data.get("offload_locations", {}).items():
-        console.print(f"offloaded to {dev}: {format_bytes(where['bytes'])} in {escape(where['where'])}")
+        console.print(f"offloaded to {dev}: {format_bytes(where['bytes'])} - {escape(where['where'])}")
     for note in data.get("notes", []):
         console.print(f"[dim]note:[/] {escape(note)}")
     gen = data["generation"]
