@@ -9,8 +9,8 @@ puts on "cpu" or "disk":
   with `cudaHostRegister` within `pin_budget_bytes`, pageable otherwise (the reason is kept in the stats);
 - two flat GPU staging buffers per execution device, sized for the largest unit, are allocated once; a forward
   pre-hook waits for its unit's copy (CUDA event), binds the params to staging views and moves the inputs; the
-  post-hook releases the slot and starts the copy of the NEXT unit (execution order, wrapping to the first one
-  for the next decode step) on a side stream, so copies overlap compute;
+  post-hook releases the slot and queues, on a side stream, the copy of the unit after next into it (execution
+  order, wrapping to the first units for the next decode step), so copies overlap compute and run back to back;
 - disk units that do not fit the budget are streamed: a reader thread reads ahead, in execution order, from the
   checkpoint's safetensors file or Accelerate's offload-folder memmaps into a small ring of host buffers, so disk,
   bus and compute overlap;
@@ -34,7 +34,7 @@ from routerllm_cli.units import format_bytes
 _ALIGN = 256  # byte alignment of every tensor in a flat buffer: any dtype view and vectorised kernel is happy
 _READ_CHUNK = 32 * 2**20
 _RING_DEPTH = 2
-_READ_THREADS = 4
+_READ_THREADS = 8
 _OFFLOADED = ("cpu", "disk")
 
 
@@ -345,9 +345,10 @@ class _Staging:
                 return s
         return None
 
-    def victim(self, keep: int | None) -> int:
-        candidates = [s for s in (0, 1) if s != keep]
-        return min(candidates, key=lambda s: self.loaded_at[s])
+    def victim(self, protect: set[int]) -> int | None:
+        """The least recently loaded slot not holding a unit about to run; None when both do."""
+        candidates = [s for s in (0, 1) if self.holder[s] is None or self.holder[s] not in protect]
+        return min(candidates, key=lambda s: self.loaded_at[s]) if candidates else None
 
     def compute_stream(self) -> Any:
         import torch
@@ -772,7 +773,7 @@ class OffloadEngine:
         st = self.staging[unit.device]
         slot = st.slot_of(unit)
         if slot is None:
-            slot = st.victim(keep=None)
+            slot = st.victim({u.index for u in self._upcoming(unit)[:1]})
             self._load(unit, st, slot)
             self.unprefetched += 1
         if st.cuda:
@@ -790,10 +791,22 @@ class OffloadEngine:
         if st.cuda:
             st.free[slot].record(st.compute_stream())
         self._unbind(unit)
-        nxt = self.units[(unit.index + 1) % len(self.units)]
-        nst = self.staging[nxt.device]
-        if nxt is not unit and nst.slot_of(nxt) is None:
-            self._load(nxt, nst, nst.victim(keep=slot if nst is st else None))
+        # Keep the next two units staged: the next one normally sits in the other slot already, and the slot
+        # just released takes the one after it, its copy ordered after this unit's kernels by the free event.
+        # Two copies in flight at the end of a step cover the host's launch of the next step's first layers.
+        upcoming = self._upcoming(unit)
+        protect = {u.index for u in upcoming}
+        for nxt in upcoming:
+            nst = self.staging[nxt.device]
+            if nst.slot_of(nxt) is None:
+                victim = nst.victim(protect)
+                if victim is None:
+                    break
+                self._load(nxt, nst, victim)
+
+    def _upcoming(self, unit: _Unit) -> list[_Unit]:
+        n = len(self.units)
+        return [self.units[(unit.index + k) % n] for k in (1, 2)]
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> OffloadStats:
