@@ -55,19 +55,18 @@ class _StopCriteria:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        new = input_ids[:, self.prompt_len:]
+        # One copy to the host a step; decoding row by row from GPU memory would sync once a row.
+        new = input_ids[:, self.prompt_len:].cpu()
         count = new.shape[1]
-        done = torch.zeros(new.shape[0], dtype=torch.bool, device=input_ids.device)
         # Rows that hit EOS are finished by transformers already; their padding needs no decoding.
-        ended = (torch.isin(new, torch.tensor(self.eos_ids, device=new.device)).any(dim=1).tolist()
+        ended = (torch.isin(new, torch.tensor(self.eos_ids)).any(dim=1).tolist()
                  if self.eos_ids else [False] * new.shape[0])
+        done = []
         for row in range(new.shape[0]):
-            if row in self.finished_at:
-                done[row] = True
-            elif not ended[row] and (reason := self._hit(new[row])) is not None:
+            if row not in self.finished_at and not ended[row] and (reason := self._hit(new[row])) is not None:
                 self.finished_at[row] = (count, reason)
-                done[row] = True
-        return done
+            done.append(row in self.finished_at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _hit(self, ids: Any) -> str | None:
         decode = self.tokenizer.decode
