@@ -221,11 +221,8 @@ def extract_code(raw: str, entry_point: str | None = None) -> str:
     the text from its first line that looks like code."""
     blocks = [b for b in fenced_blocks(raw) if b[0] in ("", "python", "py", "python3")] or fenced_blocks(raw)
     if blocks:
-        if entry_point:
-            for _, code, _ in blocks:
-                if _defines(code, entry_point):
-                    return code
-        return blocks[0][1]
+        codes = [textwrap.dedent(code) for _, code, _ in blocks]  # a fence inside a list item is indented
+        return next((c for c in codes if entry_point and _defines(c, entry_point)), codes[0])
     start = _CODE_START.search(raw)
     return raw[start.start():] if start else raw
 
@@ -273,9 +270,8 @@ def postprocess(raw: str, problem: dict, style: PromptStyle) -> str:
         return truncate_at_stop(raw)
     if style != "instruct":
         raise ConfigError(f"unknown prompt style {style!r}", fix="use base or instruct")
-    code = extract_code(raw, problem["entry_point"])
+    code = textwrap.dedent(extract_code(raw, problem["entry_point"]))
     if _defines(code, problem["entry_point"]):
-        code = textwrap.dedent(code)
         return "\n" + keep_definitions(code).rstrip() + "\n"
     # No def of the entry point: the reply is the function's body; indent it under the prompt's signature.
     body = textwrap.dedent(code).strip("\n")

@@ -179,6 +179,15 @@ def test_instruct_picks_the_block_that_defines_the_entry_point(problems):
     assert passes(problem, humaneval.postprocess(raw, problem, "instruct"))
 
 
+def test_instruct_fence_indented_inside_a_list_item(problems):
+    problem = problems["HumanEval/23"]
+    raw = ("1. The solution:\n\n   ```python\n   def strlen(string: str) -> int:\n       return len(string)\n   ```\n"
+           "2. Call it with a string.")
+    completion = humaneval.postprocess(raw, problem, "instruct")
+    assert completion.startswith("\ndef strlen")
+    assert passes(problem, completion)
+
+
 def test_instruct_without_a_fence_uses_the_code_in_the_text(problems):
     problem = problems["HumanEval/2"]  # truncate_number
     raw = "Here you go.\n\ndef truncate_number(number: float) -> float:\n    return number % 1.0\n"
