@@ -81,6 +81,48 @@ def measure_h2d(nbytes: int, reps: int = 5) -> dict:
     return out
 
 
+class TracedEngine(OffloadEngine):
+    """The engine, plus a timing event after each staging copy: consecutive copy ends give each copy's time."""
+
+    trace: list
+
+    def _load(self, unit, st, slot):
+        super()._load(unit, st, slot)
+        if st.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(st.stream)
+            self.trace.append((unit.nbytes, ev))
+
+
+def copy_rates(trace: list) -> list[float]:
+    """GB/s of each copy that queued right behind another (the copy stream never idles between them then)."""
+    return [n / (prev.elapsed_time(ev) / 1e3) / 1e9 for (_, prev), (n, ev) in zip(trace, trace[1:])
+            if n >= 2**27]  # fmt: skip
+
+
+def sustained_h2d(engine: OffloadEngine, seconds: float) -> dict:
+    """Copy the engine's own pinned host buffers into its staging slots back to back, with no compute."""
+    units = [u for u in engine.units if u.host is not None and u.nbytes >= 2**27]
+    if DEV != "cuda" or not units:
+        return {}
+    st = next(iter(engine.staging.values()))
+    stream = torch.cuda.Stream()
+    rates, t0, i = [], time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        u = units[i % len(units)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(stream):
+            start.record(stream)
+            st.bufs[i % 2][: u.nbytes].copy_(u.host, non_blocking=True)
+            end.record(stream)
+        end.synchronize()
+        rates.append(u.nbytes / (start.elapsed_time(end) / 1e3) / 1e9)
+        i += 1
+    third = max(1, len(rates) // 3)
+    return {"median_GBps": statistics.median(rates), "first_third_GBps": statistics.median(rates[:third]),
+            "last_third_GBps": statistics.median(rates[-third:]), "copies": len(rates)}  # fmt: skip
+
+
 def build_model(args, gpu_devices: list[int]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -216,15 +258,28 @@ def run_variant(args, variant: str, bw: dict, gpu_devices: list[int]) -> dict:
         log(f"stock     batch {b:3d}: {stock[b]['step_s'] * 1e3:8.1f} ms/step  steps={[round(t, 3) for t in stock[b]['steps']]}")
 
     t1 = time.perf_counter()
-    engine = OffloadEngine(model, dm, pin_budget_bytes=args.pin_budget, keep_4bit=variant == "nf4",
-                           compress_statistics=args.compress_statistics).attach()  # fmt: skip
+    engine = TracedEngine(model, dm, pin_budget_bytes=args.pin_budget, keep_4bit=variant == "nf4",
+                          compress_statistics=args.compress_statistics)  # fmt: skip
+    engine.trace = []
+    engine.attach()
     res["attach_s"] = time.perf_counter() - t1
     st = engine.stats()
     log(f"engine attached in {res['attach_s']:.1f} s: {st}")
-    eng = {}
+    res["sustained_before"] = sustained_h2d(engine, args.sustain_s)
+    log(f"sustained copies over the engine's pinned buffers, no compute: {res['sustained_before']}")
+    eng, res["decode_copy_GBps"] = {}, {}
     for b in args.batches:
+        engine.trace = []
         eng[b] = decode(model, prompts[b], args.steps)
-        log(f"engine    batch {b:3d}: {eng[b]['step_s'] * 1e3:8.1f} ms/step  steps={[round(t, 3) for t in eng[b]['steps']]}")
+        sync()
+        rates = copy_rates(engine.trace)
+        third = max(1, len(rates) // 3)
+        res["decode_copy_GBps"][b] = {"median": statistics.median(rates), "first_third": statistics.median(rates[:third]),
+                                      "last_third": statistics.median(rates[-third:])} if rates else {}  # fmt: skip
+        log(f"engine    batch {b:3d}: {eng[b]['step_s'] * 1e3:8.1f} ms/step  steps={[round(t, 3) for t in eng[b]['steps']]}"
+            f"  copy GB/s {res['decode_copy_GBps'][b]}")  # fmt: skip
+    res["sustained_after"] = sustained_h2d(engine, args.sustain_s)
+    log(f"sustained copies after decoding: {res['sustained_after']}")
     st = engine.stats()
 
     floor = st.bytes_per_step / (bw["pinned"] * 1e9)
@@ -278,6 +333,13 @@ def summarise(results: list[dict], bw: dict) -> str:
         lines.append(f"  {r['variant']}: {r['bytes_per_step'] / 1e9:.2f} GB/step, check {check}, "
                      f"tokens equal {r.get('greedy_tokens_equal')}, pass {r['pass']}, "
                      f"disk {r['disk_read_GBps']:.2f} GB/s, attach {r['attach_s']:.1f} s")  # fmt: skip
+        if r.get("sustained_before"):
+            lines.append(f"  {r['variant']}: sustained copy over the engine's buffers (no compute) before/after decode "
+                         f"{r['sustained_before']['median_GBps']:.1f}/{r['sustained_after']['median_GBps']:.1f} GB/s "
+                         f"(first/last third {r['sustained_before']['first_third_GBps']:.1f}/"
+                         f"{r['sustained_before']['last_third_GBps']:.1f}); copies during decode "
+                         + ", ".join(f"b{b}: {v.get('median', 0):.1f} GB/s (first/last third {v.get('first_third', 0):.1f}/"
+                                     f"{v.get('last_third', 0):.1f})" for b, v in r["decode_copy_GBps"].items()))  # fmt: skip
         if "stock_vs_reference_nf4" in r:
             lines.append(f"  nf4 stock (16-bit offloaded) vs reference: {r['stock_vs_reference_nf4']}")
     return "\n".join(lines)
@@ -307,6 +369,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for the JSON results")
     ap.add_argument("--tag", default="full")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sustain-s", type=float, default=2.0, help="seconds of the sustained-copy check")
     args = ap.parse_args(argv)
     if args.smoke:  # smaller defaults; flags given explicitly still win
         ap.set_defaults(layers=8, hidden=1024, ffn=3584, heads=8, kv_heads=2, gpu_layers=3, vocab=4096, tag="smoke")
