@@ -154,12 +154,16 @@ def _list_models(out: Output) -> None:
     def render(c: Any) -> None:
         from rich.table import Table
 
-        t = Table(title="routerllm catalog (sizes are weights only; preflight adds KV cache and reserves)")
-        for col in ("name", "hub id", "role", "params", "bf16 GB", "int8 GB", "nf4 GB", "gated"):
-            t.add_column(col, justify="right" if col.endswith(("GB", "params")) else "left")
+        t = Table(title="routerllm catalog: weights at one precision (preflight sizes each module as it will be "
+                  "stored, and adds KV cache and reserves)", title_justify="left")
+        t.add_column("name", no_wrap=True)
+        t.add_column("hub id", overflow="fold")
+        for col in ("params", "bf16 GB", "~nf4 GB"):
+            t.add_column(col, justify="right", no_wrap=True)
+        t.add_column("gated")
         for r in rows:
-            t.add_row(r["name"], r["model_id"], r["role"], f"{r['params'] / 1e9:.2f}B", _gb(r["bf16_bytes"]),
-                      _gb(r["int8_bytes"]), _gb(r["nf4_bytes"]), "yes" if r["gated"] else "")
+            t.add_row(r["name"], r["model_id"], f"{r['params'] / 1e9:.2f}B", _gb(r["bf16_bytes"]),
+                      _gb(r["nf4_bytes"]), "yes" if r["gated"] else "")
         c.print(t)
 
     out.result({"models": rows}, render)

@@ -1,0 +1,117 @@
+"""`routerllm preflight` through the real CLI: exit codes, --json shape, one-line errors, the no-GPU line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from routerllm_cli.cli.app import app
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["preflight", *args])
+
+
+def test_default_model_on_this_cpu_machine_is_go_with_the_no_gpu_line():
+    result = run()
+    assert result.exit_code == 0, result.output
+    assert "no NVIDIA GPU found" in result.stdout and "planning for CPU only" in result.stdout
+    assert "verdict: GO" in result.stdout
+    assert "cpu" in result.stdout and "0-29" in result.stdout  # SmolLM2's 30 layers, all on the CPU
+
+
+def test_json_has_the_documented_keys():
+    result = run("--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "go" and data["reasons"] == []
+    assert all({"name", "status", "detail"} <= set(c) for c in data["checks"])
+    assert {c["name"] for c in data["checks"]} >= {"gpus", "cpu_ram", "torch", "model"}
+    cpu = data["plan"]["devices"]["cpu"]
+    assert cpu["layers"] == "0-29" and cpu["weight_bytes"] > 0 and cpu["reserve_bytes"] > 0
+    assert data["plan"]["weight_bytes"] == cpu["weight_bytes"]
+    assert {"load_seconds", "seconds_per_token", "bench_seconds"} <= set(data["estimates"])
+    assert data["plan"]["device_map"] == {"": "cpu"}
+
+
+def test_405b_on_two_gpus_fp16_is_no_go_exit_1_with_fixes():
+    result = run("--model", "llama3_405b", "--assume-gpus", "2x80GB", "--assume-cpu", "200GB")
+    assert result.exit_code == 1, result.output
+    assert "verdict: NO-GO" in result.stdout
+    assert "use_4bit: true" in result.stdout and "offload_folder" in result.stdout
+    data = json.loads(run("--model", "llama3_405b", "--assume-gpus", "2x80GB", "--assume-cpu", "200GB",
+                          "--json").stdout)
+    assert data["verdict"] == "no-go" and data["reasons"]
+    assert any("use_4bit: true" in f for f in data["fixes"])
+    assert data["hardware"]["assumed"] is True
+
+
+def test_405b_4bit_on_four_gpus_is_go_without_cpu_layers():
+    result = run("--model", "llama3_405b", "--4bit", "--assume-gpus", "4x80GB", "--json")
+    assert result.exit_code == 0, result.output
+    devices = json.loads(result.stdout)["plan"]["devices"]
+    assert [devices[d]["layers"] is not None for d in "0123"] == [True] * 4
+    assert devices["cpu"]["layers"] is None and devices["cpu"]["weight_bytes"] == 0
+
+
+def test_batch_and_seq_len_grow_the_kv_reserve():
+    small = json.loads(run("--model", "codellama_70b", "--assume-gpus", "2x80GB", "--json").stdout)
+    big = json.loads(run("--model", "codellama_70b", "--assume-gpus", "2x80GB", "--batch-size", "16",
+                         "--seq-len", "4096", "--json").stdout)
+    kv = lambda d: sum(v["kv_bytes"] for v in d["plan"]["devices"].values())  # noqa: E731
+    per_token = small["plan"]["kv_bytes_per_token"]
+    assert kv(small) == per_token * 1 * 1408  # bench defaults: 1024 prompt + 384 new tokens
+    assert kv(big) == per_token * 16 * 4096
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--assume-gpus", "2xfoo"], "--assume-gpus"),
+    (["--assume-cpu", "lots"], "--assume-cpu"),
+    (["--max-memory", "0:70GB"], "DEVICE=SIZE"),
+    (["--model", "no_such_model"], "unknown model"),
+    (["--model", "llama3_405b", "--assume-gpus", "2x80GB", "--max-memory", "0=80GB", "--max-memory", "1=80GB",
+      "--max-memory", "cpu=200GB"], "use_4bit: true"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert message in line
+    assert "Traceback" not in result.output
+
+
+def test_typo_in_yaml_is_exit_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models:\n  large_llm:\n    name: codellama_70b\n    use_4bits: true\n")
+    result = run("--config", str(cfg))
+    assert result.exit_code == 2 and "use_4bits" in result.stderr and "Traceback" not in result.output
+
+
+def test_list_models_prints_the_catalog():
+    result = run("--list-models")
+    assert result.exit_code == 0
+    for name in ("llama3_405b", "falcon_180b", "bloom_176b", "codellama_70b"):
+        assert name in result.stdout
+    rows = json.loads(run("--list-models", "--json").stdout)["models"]
+    assert {r["name"] for r in rows} >= {"llama3_405b", "smollm2_135m"}
+
+
+def test_quantization_on_this_gpu_less_machine_is_no_go_naming_bitsandbytes():
+    result = run("--model", "codellama_7b", "--4bit", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    (bnb,) = [c for c in data["checks"] if c["name"] == "bitsandbytes"]
+    assert bnb["status"] == "fail"
+    assert any("GPU" in r for r in data["reasons"])
+
+
+def test_load_flag_loads_as_planned_and_generates(tiny_llama_dir):
+    result = run("--model", str(tiny_llama_dir), "--load", "--prompt", "def add(a, b):", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    load = data["load"]
+    assert load["generation"]["tokens"] > 0 and load["load_seconds"] > 0
+    assert "cpu" in load["memory_used"] and "cpu" in load["planned_bytes"]
+    assert load["device_map_summary"]["cpu"]["layers"] == data["plan"]["devices"]["cpu"]["layers"]
