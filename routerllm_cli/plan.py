@@ -96,7 +96,7 @@ class DevicePlan:
 
     @property
     def execution_device(self) -> int | str:
-        """Where offloaded layers run and input_ids go: the first GPU in the map, else the CPU."""
+        """Where input_ids go (the embeddings' GPU: the first in the map), else the CPU."""
         return next((d for d in self.device_map.values() if isinstance(d, int)), "cpu")
 
     @property
@@ -320,13 +320,19 @@ def place_modules(model, max_memory: dict[Device, int], no_split: list[str],
     return clean_device_map(device_map)
 
 
-def device_of(name: str, device_map: dict[str, Device]) -> Device | None:
-    """The device of a tensor or module name under a (cleaned) device map: its longest matching prefix."""
-    best, best_len = None, -1
-    for key, dev in device_map.items():
-        if (key == "" or name == key or name.startswith(key + ".")) and len(key) > best_len:
-            best, best_len = dev, len(key)
+def key_of(name: str, device_map: dict[str, Device]) -> str | None:
+    """The device-map entry that places `name`: its longest matching prefix."""
+    best: str | None = None
+    for key in device_map:
+        if (key == "" or name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
+            best = key
     return best
+
+
+def device_of(name: str, device_map: dict[str, Device]) -> Device | None:
+    """The device of a tensor or module name under a (cleaned) device map."""
+    key = key_of(name, device_map)
+    return None if key is None else device_map[key]
 
 
 def _balanced(budgets: dict[Device, int], gpu_total: int, buffer: int) -> dict[Device, int]:
@@ -396,6 +402,7 @@ class _Planner:
         found = getattr(self.model, "_no_split_modules", None) or []
         self.no_split = sorted(found) or ([self.ref.entry.no_split] if self.ref.entry else [])
         self.shape = _shape(self.model, self.no_split, self.dtype_bytes)
+        self._order = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
         self._sizes: dict[str, ModelSizes] = {}
 
     def sizes(self, quantization: str) -> ModelSizes:
@@ -436,32 +443,55 @@ class _Planner:
             largest = max(largest, max(inner) if inner else sizes[k])
         return largest
 
+    def run_devices(self, device_map: dict[str, Device], engine: str) -> dict[str, Device]:
+        """Where each map entry computes (and keeps its KV cache). GPU entries: their GPU. Offloaded entries:
+        accelerate's hooks run them all on the map's first GPU; routerllm's engine runs each on the GPU of the
+        last entry with weights before it, where the hidden states are (the first GPU for leading entries).
+        Without a GPU in the map: the CPU."""
+        host = self.sizes("none").host
+        keys = sorted(device_map, key=lambda k: self._order.get(k, -1))
+        first = next((d for d in device_map.values() if isinstance(d, int)), "cpu")
+        previous: Device = first
+        out: dict[str, Device] = {}
+        for k in keys:
+            d = device_map[k]
+            if isinstance(d, int):
+                out[k] = d
+                previous = d if host[k] > 0 else previous
+            else:
+                out[k] = first if engine == "accelerate" else previous
+        return out
+
     def reserves(self, device_map: dict[str, Device], quantization: str, engine: str) -> dict[Device, dict[str, int]]:
         sizes = self.sizes(quantization)
         gpus = [g.index for g in self.hw.gpus]
-        exec_dev: Device = next((d for d in device_map.values() if isinstance(d, int)), "cpu")
+        runs = self.run_devices(device_map, engine)
         kv_layer = self.shape.kv_layer_token * self.batch * self.seq
         out: dict[Device, dict[str, int]] = {d: {} for d in gpus + ["cpu"]}
-        layer_devs = [device_of(n, device_map) for n in self.shape.layers]
-        run_on = [d if isinstance(d, int) else exec_dev for d in layer_devs]
+        run_on = [runs.get(key_of(n, device_map)) for n in self.shape.layers]  # type: ignore[arg-type]
+        touched = set(runs.values())
         for d in gpus:
             n_layers = sum(1 for r in run_on if r == d)
-            if n_layers == 0 and d != exec_dev:
-                continue  # an unused GPU only costs its context if something touches it; nothing does
+            if d not in touched:
+                continue  # a GPU nothing runs on costs nothing, not even a CUDA context
             out[d]["cuda_context"] = CUDA_CONTEXT_BYTES
             if n_layers:
                 out[d]["kv_cache"] = n_layers * kv_layer
                 out[d]["activations"] = self.activation_bytes(quantization)
-        lm_dev = device_of(self.shape.output_module, device_map) if self.shape.output_module else exec_dev
-        lm_dev = lm_dev if isinstance(lm_dev, int) else exec_dev
-        if lm_dev in out:
-            out[lm_dev]["logits"] = self.logits_bytes()
-        offloaded = [k for k, d in device_map.items() if d in ("cpu", "disk")]
-        if offloaded and isinstance(exec_dev, int):
-            bus = sizes.gpu if (quantization != "none" and engine == "routerllm") else sizes.host
-            # routerllm's engine double-buffers the largest offloaded layer; accelerate's hooks move one at a time
-            buffers = 2 if engine == "routerllm" else 1
-            out.setdefault(exec_dev, {})["offload_staging"] = buffers * self._largest(offloaded, bus)
+        if self.shape.output_module:
+            lm_dev = runs.get(key_of(self.shape.output_module, device_map))  # type: ignore[arg-type]
+            if isinstance(lm_dev, int):
+                out.setdefault(lm_dev, {})["logits"] = self.logits_bytes()
+        bus = sizes.gpu if (quantization != "none" and engine == "routerllm") else sizes.host
+        # routerllm's engine double-buffers the largest offloaded unit per execution GPU; accelerate's hooks
+        # bring one offloaded module at a time to the first GPU
+        buffers = 2 if engine == "routerllm" else 1
+        staged: dict[Device, list[str]] = defaultdict(list)
+        for k, d in device_map.items():
+            if d in ("cpu", "disk") and isinstance(runs[k], int):
+                staged[runs[k]].append(k)
+        for d, keys in staged.items():
+            out.setdefault(d, {})["offload_staging"] = buffers * self._largest(keys, bus)
         on_disk = [k for k, d in device_map.items() if d == "disk"]
         if on_disk:
             # disk layers pass through host RAM on their way to the compute device (read-ahead: two at a time)
@@ -708,14 +738,16 @@ def _reserve_notes(planner: _Planner, quant: str, engine: str, devices: dict[str
         f"{planner.seq} tokens{', incl. one dequantized weight' if quant != 'none' else ''}); "
         f"CPU keeps {format_bytes(planner.cpu_headroom())} for the process and the OS",
     ]
-    staging = next((a.reserve_detail.get("offload_staging") for a in devices.values()
-                    if a.reserve_detail.get("offload_staging")), None)
+    staging = {d: a.reserve_detail["offload_staging"] for d, a in devices.items()
+               if a.reserve_detail.get("offload_staging")}
     if staging:
-        notes.append(f"offload staging {format_bytes(staging)} on the execution GPU: "
-                     + ("routerllm's engine double-buffers the largest offloaded layer"
-                        if engine == "routerllm" else "accelerate moves one offloaded layer at a time")
-                     + " (reserved instead of accelerate's fixed largest-layer room, which a plan without offload "
-                     "does not need)")
+        where = ", ".join(f"{format_bytes(b)} on GPU {d}" for d, b in staging.items())
+        notes.append(f"offload staging {where}: "
+                     + ("routerllm's engine runs offloaded layers on the GPU before them and double-buffers the "
+                        "largest one there" if engine == "routerllm" else
+                        "accelerate runs offloaded layers on the first GPU, one at a time")
+                     + "; their KV cache lives there too (reserved instead of accelerate's fixed largest-layer room, "
+                     "which a plan without offload does not need)")
     disk_staging = devices["cpu"].reserve_detail.get("disk_staging") if "cpu" in devices else None
     if disk_staging:
         notes.append(f"disk staging {format_bytes(disk_staging)} of host RAM: disk layers are read ahead two at a time")

@@ -107,8 +107,9 @@ def test_405b_4bit_on_two_gpus_spills_and_says_offloaded_layers_load_in_16bit():
     ratio = sum(sizes.host[k] for k in layers) / sum(sizes.gpu[k] for k in layers)
     assert ratio == pytest.approx(2 / NF4_BYTES_PER_PARAM, rel=0.01)
     assert any("load unquantized" in n for n in p.notes)
-    staging = p.devices["0"].reserve_detail["offload_staging"]
-    assert staging > 0  # the offload engine's double buffer sits on the execution GPU
+    # the offload engine's double buffer sits on the GPU that runs the offloaded layers: the last one
+    staging = p.devices["1"].reserve_detail["offload_staging"]
+    assert staging == 2 * max(sizes.gpu[k] for k in cpu.modules)
 
 
 def test_kv_cache_is_reserved_on_the_device_that_runs_each_layer():
@@ -131,6 +132,22 @@ def test_offloaded_layers_keep_their_kv_cache_on_the_execution_gpu():
     per_layer = p.kv_bytes_per_token // 80 * 1408
     assert p.devices["0"].kv_bytes == 80 * per_layer  # all 80 layers run on GPU 0
     assert p.devices["cpu"].kv_bytes == 0
+
+
+def test_offloaded_layers_run_where_each_engine_runs_them():
+    """routerllm's engine runs offloaded layers on the GPU before them (the last one here); accelerate's hooks on
+    the first GPU. Their KV cache and staging buffers go there."""
+    ours = plan("codellama_70b", "2x40GB", "200GB", device_map="sequential")
+    stock = plan("codellama_70b", "2x40GB", "200GB", device_map="sequential", offload_engine="accelerate")
+    per_layer = ours.kv_bytes_per_token // 80 * 1408
+    for p, runner, other in ((ours, "1", "0"), (stock, "0", "1")):
+        a, b, cpu = p.devices[runner], p.devices[other], p.devices["cpu"]
+        assert cpu.layers is not None and "offload_staging" in a.reserve_detail
+        assert "offload_staging" not in b.reserve_detail
+        offloaded = cpu.layers[1] - cpu.layers[0] + 1
+        assert a.kv_bytes == (a.layers[1] - a.layers[0] + 1 + offloaded) * per_layer
+        assert b.kv_bytes == (b.layers[1] - b.layers[0] + 1) * per_layer
+    assert ours.devices["1"].reserve_detail["offload_staging"] == 2 * stock.devices["0"].reserve_detail["offload_staging"]
 
 
 @pytest.mark.parametrize("name, budgets", [
