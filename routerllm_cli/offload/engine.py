@@ -67,7 +67,7 @@ class OffloadStats:
 # ----------------------------------------------------------------------------------------------- sources
 @dataclass
 class _Source:
-    """Where one tensor's bytes come from. Exactly one of tensor / path / getter is set."""
+    """Where one tensor's bytes come from: a tensor, a file region or a getter (none once they are in our buffer)."""
 
     tensor: Any = None
     path: str | None = None
@@ -160,7 +160,7 @@ def _source_from_weights_map(wm: Any, key: str, entry: _Entry, headers: dict) ->
     return _Source(getter=lambda wm=wm, key=key: wm[key])
 
 
-def _offload_hooks(module: Any) -> list:
+def _offload_hooks(module: Any) -> list:  # the AlignDevicesHooks on a module, unwrapping SequentialHook
     hook = getattr(module, "_hf_hook", None)
     if hook is None:
         return []
@@ -450,10 +450,11 @@ class OffloadEngine:
         import torch
 
         prefixes = {}
+        hooks = []
         for rel, sub in unit.module.named_modules():
             prefixes[id(sub)] = rel
-            for hook in _offload_hooks(sub):
-                unit.saved_hooks.append((sub, hook))
+            if getattr(sub, "_hf_hook", None) is not None:
+                hooks.append((sub, sub._hf_hook))
         owners = {id(m): m for _, m in unit.module.named_modules()}
 
         def weights_map_for(rel_module: str, local: str) -> tuple[Any, str] | None:
@@ -494,10 +495,10 @@ class OffloadEngine:
                         e.placeholder = torch.nn.Parameter(e.placeholder, requires_grad=False)
                     unit.entries.append(e)
         if not unit.entries:  # only buffers (rotary tables): Accelerate already keeps them on the device
-            unit.saved_hooks.clear()
             return
-        for sub, _ in unit.saved_hooks:
+        for sub, hook in hooks:
             _strip_hook(sub)
+            unit.saved_hooks.append((sub, hook))
 
     def _pack_4bit(self, unit: _Unit) -> None:
         """Swap each plain linear of the unit for an NF4Linear whose packed tensors become flat-buffer entries."""
@@ -670,6 +671,8 @@ class OffloadEngine:
                 unit.handles.append(unit.module.register_forward_hook(
                     lambda m, a, o, u=unit: self._post_forward(u), always_call=True))  # fmt: skip
         except BaseException:
+            for unit in self.units:  # leave the model as Accelerate had it
+                self._give_back(unit)
             self._teardown()
             raise
         self.attached = True
@@ -681,33 +684,42 @@ class OffloadEngine:
     def detach(self) -> None:
         """Give the modules back to Accelerate's hooks: the model keeps working on the stock path."""
         import torch
-        from accelerate.hooks import add_hook_to_module
 
         if not self.attached:
             return
         if any(s.cuda for s in self.staging.values()):
             torch.cuda.synchronize()
         for unit in self.units:
-            for handle in unit.handles:
-                handle.remove()
-            unit.handles.clear()
-            self._unbind(unit)
-            for parent, child, original in reversed(unit.swapped):
-                setattr(parent, child, original)
-            unit.swapped.clear()
-            for e in unit.entries:
-                if e.source.from_module and unit.host is not None and not _is_nf4(e.module):
-                    store = e.module._parameters if e.is_param else e.module._buffers
-                    value = _view(unit.host, e)
-                    store[e.name] = torch.nn.Parameter(value, requires_grad=False) if e.is_param else value
-            for sub, hook in unit.saved_hooks:
-                add_hook_to_module(sub, hook)
-            unit.saved_hooks.clear()
-            unit.bindings.clear()  # they hold views of the staging buffers
-            unit.host = None
+            self._give_back(unit)
         self._teardown()
         self.attached = False
         self.model.__dict__.pop("_routerllm_offload_engine", None)
+
+    def _give_back(self, unit: _Unit) -> None:
+        """Undo what attach did to one unit, however far it got."""
+        import torch
+        from accelerate.hooks import add_hook_to_module
+
+        hooked = bool(unit.handles)  # params are placeholders only once the unit is hooked
+        for handle in unit.handles:
+            handle.remove()
+        unit.handles.clear()
+        if hooked:
+            self._unbind(unit)
+        for parent, child, original in reversed(unit.swapped):
+            setattr(parent, child, original)
+        unit.swapped.clear()
+        for e in unit.entries:
+            if hooked and e.source.from_module and unit.host is not None and not _is_nf4(e.module):
+                # the module's own tensor was freed for our copy: hand it back as a view of that copy
+                store = e.module._parameters if e.is_param else e.module._buffers
+                value = _view(unit.host, e)
+                store[e.name] = torch.nn.Parameter(value, requires_grad=False) if e.is_param else value
+        for sub, hook in unit.saved_hooks:
+            add_hook_to_module(sub, hook)
+        unit.saved_hooks.clear()
+        unit.bindings.clear()  # they hold views of the staging buffers
+        unit.host = None
 
     def _teardown(self) -> None:
         import torch
