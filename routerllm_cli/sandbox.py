@@ -68,6 +68,7 @@ def say(text):
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
 U = ctypes.c_ulong  # prctl is variadic: pass full-width arguments
+libc.prctl(1, U(signal.SIGKILL), U(0), U(0), U(0))  # PR_SET_PDEATHSIG: a killed harness takes its sandboxes along
 iso = {"net": "socket-patch", "pid": "session", "fs": "guard", "proc": "rlimit"}
 uid, gid, mnt = os.getuid(), os.getgid(), os.readlink("/proc/self/ns/mnt")
 NEWNS, NEWUSER, NEWPID, NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
@@ -120,7 +121,8 @@ if fresh_mnt:
 import resource
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big file is an OSError, not a silent death
 for lim, val in ((resource.RLIMIT_AS, hdr["memory"]), (resource.RLIMIT_FSIZE, hdr["fsize"]),
-                 (resource.RLIMIT_NOFILE, hdr["nofile"]), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, hdr["nproc"])):
+                 (resource.RLIMIT_NOFILE, hdr["nofile"]), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, hdr["nproc"]),
+                 (resource.RLIMIT_CPU, int(hdr["timeout"]) + 3)):  # the kernel's backstop for a spinner
     try: resource.setrlimit(lim, (val, val))
     except (ValueError, OSError): pass
 class CapHeader(ctypes.Structure): _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]

@@ -307,3 +307,29 @@ def test_verdicts_agree_with_the_reference_evaluator(sandbox: Sandbox, problems:
         assert ours[i].passed == reference["passed"]
     assert [verdict_class(ours[i].result) for i in range(len(samples))] == (
         ["passed"] * 3 + ["failed"] * 5 + ["timed out", "failed", "passed"])
+
+
+def test_killing_the_harness_takes_its_sandboxes_along(tmp_path):
+    """A harness killed with SIGKILL (no cleanup runs) must not leave a spinning sandbox behind."""
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    harness = subprocess.Popen([sys.executable, "-c", (
+        "from routerllm_cli.sandbox import Sandbox, SandboxLimits\n"
+        "print('start', flush=True)\n"
+        "Sandbox(SandboxLimits(timeout_s=60)).run_program('while True: pass')\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert harness.stdout.readline().strip() == "start"
+    deadline = time.time() + 20
+    children: list = []
+    while time.time() < deadline and len(children) < 2:  # the outer sandbox process and the program inside
+        children = psutil.Process(harness.pid).children(recursive=True)
+        time.sleep(0.2)
+    assert children, "the sandbox never started"
+    harness.send_signal(signal.SIGKILL)
+    harness.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"sandbox processes outlived their harness: {[p.pid for p in alive]}"
