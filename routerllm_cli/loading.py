@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[dict], None]
 
+PREFETCH_MIN_BYTES = 64 * 2**20  # below this a load is over before read-ahead could matter
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|block)\.(\d+)$")
 
 
@@ -229,13 +230,18 @@ class Checkpoint:
     total_bytes: int | None
     tensor_bytes: dict[str, tuple[int, int]]  # tensor name -> (file index, bytes), from safetensors headers
     fmt: str  # "safetensors" | "bin" | "gguf" | "unknown"
+    dtypes: set[str] = field(default_factory=set)  # torch dtype names stored in the shards
 
 
-def _safetensors_sizes(path: Path) -> dict[str, int]:
+_ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I8": "int8", "U8": "uint8"}
+
+
+def _safetensors_header(path: Path) -> dict[str, dict]:
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
-    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    header.pop("__metadata__", None)
+    return header
 
 
 def _checkpoint_in(folder: Path, gguf_file: str | None) -> Checkpoint:
@@ -253,14 +259,18 @@ def _checkpoint_in(folder: Path, gguf_file: str | None) -> Checkpoint:
         files, fmt = sorted(folder.glob("pytorch_model*.bin")), "bin"
     files = [f for f in files if f.is_file()]
     sizes: dict[str, tuple[int, int]] = {}
+    dtypes: set[str] = set()
     if fmt == "safetensors":
         for i, f in enumerate(files):
             try:
-                sizes.update({k: (i, b) for k, b in _safetensors_sizes(f).items()})
+                header = _safetensors_header(f)
             except (OSError, ValueError, struct.error):
-                pass
+                continue
+            for k, v in header.items():
+                sizes[k] = (i, v["data_offsets"][1] - v["data_offsets"][0])
+                dtypes.add(_ST_DTYPES.get(v.get("dtype", ""), str(v.get("dtype", "")).lower()))
     return Checkpoint(folder, files, sum(f.stat().st_size for f in files) if files else None, sizes,
-                      fmt if files else "unknown")
+                      fmt if files else "unknown", dtypes)
 
 
 def _hub_snapshot(repo_id: str, token: str | None) -> Path | None:
@@ -287,6 +297,100 @@ def locate_checkpoint(ref: Any, token: str | None = None) -> Checkpoint:
     if snapshot is None:
         return Checkpoint(None, [], None, {}, "unknown")
     return _checkpoint_in(snapshot, ref.gguf_file)
+
+
+# ------------------------------------------------------------------------------------------- read-ahead
+def natural_key(name: str) -> tuple:
+    """transformers' order of loading tensors: dotted parts, digits numerically."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
+
+
+class ShardPrefetcher:
+    """Reads checkpoint shards sequentially, in large blocks, in the order the load consumes them and at most
+    `window_bytes` ahead of it, so transformers' per-tensor mmap faults find the page cache warm.
+
+    Why: transformers reads tensors through mmap page faults (small kernel read-ahead), and with bitsandbytes
+    quantization or a "disk" entry it does so from one thread, which leaves a fast disk mostly idle. One big
+    sequential reader keeps it busy; the window keeps what it reads from being evicted before use.
+    Set ROUTERLLM_PREFETCH=0 to turn it off (benchmarks/load_speed.py compares both)."""
+
+    BLOCK = 16 * 2**20
+
+    def __init__(self, files: list[Path], starts: list[int], window_bytes: int):
+        import threading
+
+        self.files, self.starts, self.window = files, starts, window_bytes
+        self.consumed = 0
+        self.read_bytes = 0
+        self.seconds = 0.0
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="routerllm-prefetch", daemon=True)
+
+    def start(self) -> "ShardPrefetcher":
+        self._thread.start()
+        return self
+
+    def advance(self, consumed_bytes: int) -> None:
+        with self._cond:
+            self.consumed = consumed_bytes
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        buf = bytearray(self.BLOCK)
+        start = time.perf_counter()
+        for path, offset in zip(self.files, self.starts):
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or self.consumed + self.window >= offset)
+                if self._stop:
+                    break
+            try:
+                with open(path, "rb", buffering=0) as fh:
+                    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                    while not self._stop and (n := fh.readinto(buf)):
+                        self.read_bytes += n
+            except OSError:  # read-ahead is an optimisation: the load itself reports real I/O errors
+                pass
+        self.seconds = time.perf_counter() - start
+
+
+def plan_prefetch(ckpt: Checkpoint, plan: "DevicePlan") -> ShardPrefetcher | None:
+    """A prefetcher for the shards this load reads now (not those only disk entries use), or None when reading
+    ahead would not help: not safetensors, tiny, or no GPU in the plan. ROUTERLLM_PREFETCH=0 turns it off,
+    =1 forces it on (also on CPU-only loads)."""
+    switch = os.environ.get("ROUTERLLM_PREFETCH", "auto").strip().lower()
+    if switch in ("0", "false", "no", "off"):
+        return None
+    if ckpt.fmt != "safetensors" or not ckpt.tensor_bytes or (ckpt.total_bytes or 0) < PREFETCH_MIN_BYTES:
+        return None
+    # Without a GPU, CPU tensors in the checkpoint's dtype stay mmapped (the load reads nothing up front), and a
+    # converting load keeps the cores busy: a reader thread competed with them (slower on a 2-core machine).
+    if not _gpu_indices(plan.device_map) and switch not in ("1", "true", "yes", "on"):
+        return None
+    order: list[int] = []
+    for name in sorted(ckpt.tensor_bytes, key=natural_key):
+        index = ckpt.tensor_bytes[name][0]
+        if index not in order and _module_device(name, plan.device_map) != "disk":
+            order.append(index)
+    if not order:
+        return None
+    files = [ckpt.files[i] for i in order]
+    sizes = [f.stat().st_size for f in files]
+    starts = [sum(sizes[:i]) for i in range(len(files))]
+    try:
+        import psutil
+
+        room = psutil.virtual_memory().available // 4
+    except Exception:
+        room = 4 * 2**30
+    window = max(min(2 * max(sizes), room), 256 * 2**20)
+    return ShardPrefetcher(files, starts, window)
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -334,9 +438,11 @@ class _Bar:
 class _WeightsProgress:
     """Turns transformers' per-tensor "Loading weights" iteration into shards/bytes/elapsed events."""
 
-    def __init__(self, checkpoint: Checkpoint, emit: Callable[..., None]):
+    def __init__(self, checkpoint: Checkpoint, emit: Callable[..., None] | None,
+                 prefetcher: ShardPrefetcher | None = None):
         self.ckpt = checkpoint
         self.emit = emit
+        self.prefetcher = prefetcher
         self.bytes_done = 0
         self.left_in_file: dict[int, int] = {}
         for _, (i, _b) in checkpoint.tensor_bytes.items():
@@ -348,11 +454,20 @@ class _WeightsProgress:
 
     def hook(self, factory: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         desc = kwargs.get("desc") or ""
-        if desc.startswith("Loading weights"):
+        weights = desc.startswith("Loading weights")
+        if self.emit is None:  # nobody listens: keep transformers' own bar, only track what it consumes
+            if not weights or not args:
+                return factory(*args, **kwargs)
+            items, rest = args[0], args[1:]
+            tracker = _Bar(items, on_update=self._weights, total=kwargs.get("total"))
+            return factory(iter(tracker), *rest, **{**kwargs, "total": tracker.total})
+        if weights:
             return _Bar(*args, **{**kwargs, "on_update": self._weights})
         return _Bar(*args, **{**kwargs, "on_update": self._other})
 
     def _other(self, bar: _Bar, _item: Any) -> None:
+        if self.emit is None:
+            return
         now = time.perf_counter()
         if now - self.last > 0.1 or bar.n == bar.total:
             self.last = now
@@ -369,8 +484,10 @@ class _WeightsProgress:
                 self.shards_done += 1
         elif self.total and bar.total:
             self.bytes_done = int(self.total * bar.n / bar.total)
+        if self.prefetcher is not None:
+            self.prefetcher.advance(self.bytes_done)
         now = time.perf_counter()
-        if now - self.last > 0.05 or bar.n == bar.total:
+        if self.emit is not None and (now - self.last > 0.05 or bar.n == bar.total):
             self.last = now
             total = self.total
             self.emit("weights", tensors_done=bar.n, tensors_total=bar.total,
@@ -381,7 +498,8 @@ class _WeightsProgress:
 
 @contextmanager
 def _transformers_progress(hook: Callable[..., Any] | None) -> Iterator[None]:
-    """Route transformers' tqdm bars through `hook` while loading (no-op where set_tqdm_hook does not exist)."""
+    """Route transformers' tqdm bars through `hook` while loading (no-op where set_tqdm_hook does not exist:
+    the load then works as before, only without byte counts and read-ahead pacing)."""
     from transformers.utils import logging as hf_logging
 
     setter = getattr(hf_logging, "set_tqdm_hook", None)
@@ -728,15 +846,24 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
                  message=str(ckpt.folder or plan.model.source))
             tokenizer = load_tokenizer(plan.model, spec, token=token)
             emit("tokenizer", message=type(tokenizer).__name__)
-            watcher = _WeightsProgress(ckpt, emit) if progress is not None else None
-            with _transformers_progress(watcher.hook if watcher else None):
-                try:
-                    model = _from_pretrained(plan, spec, attn, folder, token)
-                except ValueError as exc:  # an architecture without SDPA kernels: eager is always there
-                    if attn != "sdpa" or "sdpa" not in str(exc).lower():
-                        raise
-                    attn, attn_reason = "eager", f"{type(exc).__name__}: this architecture has no SDPA support"
-                    model = _from_pretrained(plan, spec, attn, folder, token)
+            prefetcher = plan_prefetch(ckpt, plan)
+            watcher = _WeightsProgress(ckpt, emit if progress is not None else None, prefetcher)
+            if prefetcher is not None:
+                prefetcher.start()
+            try:
+                with _transformers_progress(watcher.hook):
+                    try:
+                        model = _from_pretrained(plan, spec, attn, folder, token)
+                    except ValueError as exc:  # an architecture without SDPA kernels: eager is always there
+                        if attn != "sdpa" or "sdpa" not in str(exc).lower():
+                            raise
+                        attn, attn_reason = "eager", f"{type(exc).__name__}: this architecture has no SDPA support"
+                        model = _from_pretrained(plan, spec, attn, folder, token)
+            finally:
+                if prefetcher is not None:
+                    prefetcher.stop()
+                    notes.append(f"read-ahead: {format_bytes(prefetcher.read_bytes)} of shards read sequentially "
+                                 f"ahead of the load in {prefetcher.seconds:.1f} s")
             emit("offload", message="placing offloaded modules")
             engine = _attach_engine(model, plan, spec, notes)
         except RouterLLMError:

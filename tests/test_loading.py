@@ -166,3 +166,22 @@ def test_load_failures_become_one_line_fixes(tiny_llama_dir):
     assert isinstance(err, RunFailed) and "/data/offload" in err.message and "disk" in err.fix
 
     assert translate_load_error(ValueError("something else"), plan, None) is None
+
+
+def test_read_ahead_reads_every_shard_and_keeps_tokens(tiny_llama_dir, monkeypatch):
+    """A converting load (fp32 checkpoint, bf16 plan) with read-ahead gives the tokens of one without it."""
+    import routerllm_cli.loading as loading
+
+    monkeypatch.setattr(loading, "PREFETCH_MIN_BYTES", 0)  # the tiny checkpoint is far below the real threshold
+    monkeypatch.setenv("ROUTERLLM_PREFETCH", "1")  # on by default only when the plan has GPUs
+    plan = make_plan(tiny_llama_dir, {"": "cpu"}, dtype="bfloat16")
+    spec = ModelSpec(name="tiny", torch_dtype="bfloat16")
+    with load_model(plan, spec) as loaded:
+        with_read_ahead = test_generation(loaded, PROMPT, max_new_tokens=4)["token_ids"]
+        notes = [n for n in loaded.notes if n.startswith("read-ahead")]
+    shard_bytes = sum(p.stat().st_size for p in tiny_llama_dir.glob("*.safetensors"))
+    assert notes and f"{shard_bytes / 1e3:.1f} KB" in notes[0]
+    monkeypatch.setenv("ROUTERLLM_PREFETCH", "0")
+    with load_model(plan, spec) as loaded:
+        assert not any(n.startswith("read-ahead") for n in loaded.notes)
+        assert test_generation(loaded, PROMPT, max_new_tokens=4)["token_ids"] == with_read_ahead
