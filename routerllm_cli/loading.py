@@ -806,6 +806,8 @@ def _offload_locations(summary: dict[str, dict], plan: "DevicePlan", engine: Any
         where = ("host RAM, in the routerllm engine's flat buffers "
                  f"({format_bytes(stats.pinned_bytes)} pinned)" if stats else "host RAM (pageable, accelerate hooks)")
         out["cpu"] = {"bytes": summary.get("cpu", {}).get("bytes", 0), "where": where}
+        if stats:
+            out["cpu"]["engine_host_bytes"] = stats.host_bytes
     if "disk" in offloaded:
         in_place = ckpt.fmt == "safetensors" and not disk_bytes_in_folder
         where = (f"read in place from the checkpoint shards in {ckpt.folder}" if in_place
@@ -864,6 +866,9 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
                     prefetcher.stop()
                     notes.append(f"read-ahead: {format_bytes(prefetcher.read_bytes)} of shards read sequentially "
                                  f"ahead of the load in {prefetcher.seconds:.1f} s")
+            # measured before the engine takes modules over: placement as loaded, inputs where accelerate wants them
+            summary = summarize_placement(model, plan)
+            input_device = _input_device(model)
             emit("offload", message="placing offloaded modules")
             engine = _attach_engine(model, plan, spec, notes)
         except RouterLLMError:
@@ -879,13 +884,12 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
             lock.release()
         raise
     load_seconds = time.perf_counter() - start
-    summary = summarize_placement(model, plan)
     used, detail = measure_memory(plan, rss_before, folder)
     notes = _quantization_notes(summary, plan, engine) + notes
     loaded = LoadedModel(
         model=model, tokenizer=tokenizer, plan=plan, load_seconds=load_seconds, attn_implementation=attn,
         quantization=plan.quantization, offload=engine, device_map_summary=summary, memory_used=used,
-        input_device=_input_device(model), attn_reason=attn_reason, memory_detail=detail,
+        input_device=input_device, attn_reason=attn_reason, memory_detail=detail,
         offload_locations=_offload_locations(summary, plan, engine, ckpt, folder, used.get("disk")),
         checkpoint_bytes=ckpt.total_bytes, notes=notes, _lock=lock,
     )

@@ -185,3 +185,20 @@ def test_read_ahead_reads_every_shard_and_keeps_tokens(tiny_llama_dir, monkeypat
     with load_model(plan, spec) as loaded:
         assert not any(n.startswith("read-ahead") for n in loaded.notes)
         assert test_generation(loaded, PROMPT, max_new_tokens=4)["token_ids"] == with_read_ahead
+
+
+def test_hub_id_loads_from_the_cache_under_hf_home_offline(tiny_llama_dir, reference):
+    """A hub id resolves through the HF cache that $HF_HOME names, with HF_HUB_OFFLINE=1 (set for every test)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = Path(os.environ["HF_HOME"]) / "hub" / "models--someorg--tiny-llama"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    plan = make_plan(tiny_llama_dir, {"": "cpu"})
+    plan.model = resolve_model("someorg/tiny-llama")
+    assert plan.model.kind == "hub"
+    with load_model(plan, ModelSpec(name="tiny", torch_dtype="float32")) as loaded:
+        assert loaded.checkpoint_bytes == sum(p.stat().st_size for p in tiny_llama_dir.glob("*.safetensors"))
+        assert test_generation(loaded, PROMPT, max_new_tokens=12)["token_ids"] == reference
