@@ -230,10 +230,6 @@ class Checkpoint:
     total_bytes: int | None
     tensor_bytes: dict[str, tuple[int, int]]  # tensor name -> (file index, bytes), from safetensors headers
     fmt: str  # "safetensors" | "bin" | "gguf" | "unknown"
-    dtypes: set[str] = field(default_factory=set)  # torch dtype names stored in the shards
-
-
-_ST_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I8": "int8", "U8": "uint8"}
 
 
 def _safetensors_header(path: Path) -> dict[str, dict]:
@@ -259,7 +255,6 @@ def _checkpoint_in(folder: Path, gguf_file: str | None) -> Checkpoint:
         files, fmt = sorted(folder.glob("pytorch_model*.bin")), "bin"
     files = [f for f in files if f.is_file()]
     sizes: dict[str, tuple[int, int]] = {}
-    dtypes: set[str] = set()
     if fmt == "safetensors":
         for i, f in enumerate(files):
             try:
@@ -268,9 +263,8 @@ def _checkpoint_in(folder: Path, gguf_file: str | None) -> Checkpoint:
                 continue
             for k, v in header.items():
                 sizes[k] = (i, v["data_offsets"][1] - v["data_offsets"][0])
-                dtypes.add(_ST_DTYPES.get(v.get("dtype", ""), str(v.get("dtype", "")).lower()))
     return Checkpoint(folder, files, sum(f.stat().st_size for f in files) if files else None, sizes,
-                      fmt if files else "unknown", dtypes)
+                      fmt if files else "unknown")
 
 
 def _hub_snapshot(repo_id: str, token: str | None) -> Path | None:
@@ -544,8 +538,9 @@ def translate_load_error(exc: BaseException, plan: "DevicePlan", offload_folder:
             gpus = _gpu_indices(plan.device_map)
             dev = int(m.group(1)) if m else (gpus[0] if len(gpus) == 1 else None)
             if dev is not None:
-                budget = plan.max_memory.get(dev)
                 alloc = plan.devices.get(str(dev))
+                # the user's budget for that GPU (what --max-memory sets), else what accelerate was left with
+                budget = (alloc.budget_bytes if alloc is not None and alloc.budget_bytes else None) or plan.max_memory.get(dev)
                 planned = f"; the plan put {format_bytes(alloc.weight_bytes)} of weights there" if alloc else ""
                 lower = f"{max(int((budget or 0) * 0.85) // 10**9, 1)}GB"
                 return RunFailed(
