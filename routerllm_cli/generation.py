@@ -48,8 +48,10 @@ class _StopCriteria:
         self.prompt_len = prompt_len
         self.stops = [s for s in stops if s]
         self.stop_when = stop_when
+        # A stop_when may name a string that must be in the tail before it is worth calling on the full text.
+        self.trigger = getattr(stop_when, "tail_trigger", None)
         self.eos_ids = sorted(eos_ids)
-        self.tail = max((len(s) for s in self.stops), default=0) + _TAIL_SLACK_TOKENS
+        self.tail = max([len(s) for s in self.stops] + [len(self.trigger or "")]) + _TAIL_SLACK_TOKENS
         self.finished_at: dict[int, tuple[int, str]] = {}  # row -> (new tokens when it stopped, why)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -70,13 +72,13 @@ class _StopCriteria:
 
     def _hit(self, ids: Any) -> str | None:
         decode = self.tokenizer.decode
-        if self.stops:
-            tail = decode(ids[-self.tail:], skip_special_tokens=True)
-            if any(s in tail for s in self.stops) and _earliest_stop(decode(ids, skip_special_tokens=True), self.stops):
-                return "stop_sequence"
+        tail = decode(ids[-self.tail:], skip_special_tokens=True) if (self.stops or self.trigger) else ""
+        if any(s in tail for s in self.stops) and _earliest_stop(decode(ids, skip_special_tokens=True), self.stops):
+            return "stop_sequence"
         # stop_when needs the whole text (a code fence is closed only relative to its opening).
-        if self.stop_when is not None and self.stop_when(decode(ids, skip_special_tokens=True)) is not None:
-            return "stop_when"
+        if self.stop_when is not None and (self.trigger is None or self.trigger in tail):
+            if self.stop_when(decode(ids, skip_special_tokens=True)) is not None:
+                return "stop_when"
         return None
 
 
@@ -110,7 +112,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, max_new_to
                    stop_when: Callable[[str], int | None] | None = None) -> list[GenerationOutput]:
     """Generate for all `prompts` as one left-padded batch. Greedy when temperature == 0, else nucleus sampling
     (top_p, no top-k). `stop_when(text)` may return the index where a sequence's text ends (e.g. after a closed
-    code fence). `device` is where input ids go (the model's first device by default)."""
+    code fence); it sees the whole new text, so it is called only when the last tokens hold its `tail_trigger`
+    attribute, if it has one. `device` is where input ids go (the model's first device by default)."""
     import torch
     from transformers import StoppingCriteriaList
 

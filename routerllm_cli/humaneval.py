@@ -14,13 +14,14 @@ convention), for both prompt styles:
 from __future__ import annotations
 
 import ast
+import contextlib
 import gzip
 import json
 import os
 import re
 import textwrap
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from routerllm_cli.errors import ConfigError, RunFailed
 
@@ -43,11 +44,13 @@ def load_problems(source: str = "auto") -> tuple[list[dict], str]:
     if source == "package":
         return _from_package()
     if source == "hub":
-        return _from_hub()
+        return _from_hub(offline=_offline())
     if source == "auto":
-        if _offline() or _hub_reachable():
+        offline = _offline()
+        # Offline, only a copy already on disk can come from the hub; online, a blocked network costs seconds.
+        if (_cached_on_disk() if offline else _hub_reachable()):
             try:
-                return _from_hub()
+                return _from_hub(offline=offline)
             except RunFailed:
                 pass  # not cached, or the hub failed: the package copy holds the same 164 problems
         return _from_package()
@@ -63,24 +66,58 @@ def _offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def _cached_on_disk() -> bool:
+    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    dirs = [Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or home / "hub"),
+            Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")]
+    names = ("datasets--openai--openai_humaneval", "openai___openai_humaneval", "openai_humaneval")
+    return any((d / n).exists() for d in dirs for n in names)
+
+
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A TCP connect to the hub endpoint, so a blocked network costs seconds, not the hub client's retries."""
+    """A TCP connect to the hub endpoint, so a blocked network costs seconds, not the hub client's retries.
+    Runs in a daemon thread because name resolution ignores socket timeouts."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    reachable: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s):
+                reachable.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    return bool(reachable)
+
+
+@contextlib.contextmanager
+def _hub_libraries_offline() -> Iterator[None]:
+    """huggingface_hub and datasets read HF_HUB_OFFLINE once, at import; honour it when it was set later, or the
+    hub client retries a dead network for half a minute."""
+    import datasets.config as ds_config
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, ds_config.HF_DATASETS_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = ds_config.HF_HUB_OFFLINE = ds_config.HF_DATASETS_OFFLINE = True
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, ds_config.HF_DATASETS_OFFLINE = saved
 
 
-def _from_hub() -> tuple[list[dict], str]:
+def _from_hub(offline: bool = False) -> tuple[list[dict], str]:
     try:
         import datasets
 
-        rows = datasets.load_dataset(HUB_DATASET, split="test")
+        with _hub_libraries_offline() if offline else contextlib.nullcontext():
+            rows = datasets.load_dataset(HUB_DATASET, split="test")
         problems = [{k: row[k] for k in ("task_id", "prompt", "entry_point", "canonical_solution", "test")}
                     for row in rows]
     except Exception as exc:  # noqa: BLE001 - any hub, cache or parsing failure means "use another source"
@@ -214,6 +251,9 @@ def closed_fence_end(text: str) -> int | None:
         return None
     closing = _CLOSE_FENCE.search(text, opening.end())
     return closing.end() if closing else None
+
+
+closed_fence_end.tail_trigger = "```"  # type: ignore[attr-defined]  # generation calls it only once a fence shows
 
 
 def extract_code(raw: str, entry_point: str | None = None) -> str:
