@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 # Measured device-to-device copy rate / spec sheet, 3.02 / 3.35 TB/s on the H100 SXM, applied to other cards.
 _MEASURED_OVER_SPEC = 0.9
 _GPU_SPEC_BANDWIDTH = [  # (substring of the NVML name, spec bytes/s), most specific first
-    ("H200", 4.8e12), ("GH200", 4.0e12), ("H100 PCIE", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
+    ("GH200", 4.0e12), ("H200", 4.8e12), ("H100 PCIE", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
     ("H800", 3.35e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.04e12), ("A100 80GB PCIE", 1.94e12),
     ("A100", 1.56e12), ("L40S", 0.864e12), ("L40", 0.864e12), ("A6000", 0.768e12), ("RTX 4090", 1.008e12),
     ("A10G", 0.6e12), ("A10", 0.6e12), ("L4", 0.3e12), ("T4", 0.32e12), ("V100", 0.9e12),
@@ -43,9 +43,6 @@ class Bandwidths:
         if self.gpu_bytes_per_s:
             return self.gpu_bytes_per_s, "configured"
         upper = name.upper()
-        for key, spec in _GPU_SPEC_BANDWIDTH:
-            if key in upper:
-                return spec * _MEASURED_OVER_SPEC, f"{key} class"
         if upper.startswith("ASSUMED"):  # a what-if card: guess its class from its size
             if total_bytes >= 120e9:
                 return 4.8e12 * _MEASURED_OVER_SPEC, "assumed H200 class (>=120 GB)"
@@ -53,6 +50,10 @@ class Bandwidths:
                 return H100_BYTES_PER_S, "assumed H100 class (80 GB)"
             if total_bytes >= 40e9:
                 return 1.56e12 * _MEASURED_OVER_SPEC, "assumed A100 40GB class"
+            return 1.0e12, "assumed card: 1 TB/s"
+        for key, spec in _GPU_SPEC_BANDWIDTH:
+            if key in upper:
+                return spec * _MEASURED_OVER_SPEC, f"{key} class"
         return 1.0e12, "unknown card: 1 TB/s assumed"
 
     def to_dict(self) -> dict:

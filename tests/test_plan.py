@@ -334,3 +334,16 @@ def test_catalog_plans_offline_in_every_precision():
             p = plan(name, "3x80GB", "256GB", **quant)
             assert p.verdict == "go", (name, quant, p.reasons)
             assert math.isclose(sum(a.weight_bytes for a in p.devices.values()), p.weight_bytes)
+
+
+def test_decode_estimate_uses_each_gpus_memory_bandwidth():
+    def on(name: str):
+        gpus = [GPUInfo(i, name, 141 * GB, 141 * GB) for i in range(2)]
+        hw = HardwareReport(gpus, "550", "12.4", None, 256 * GB, 250 * GB, assumed=False)
+        return plan_model(ModelSpec(name="codellama_70b"), hw, seq_len=1408, model=meta("codellama_70b"))
+
+    h200, h100 = on("NVIDIA H200"), on("NVIDIA H100 80GB HBM3")
+    assert h200.devices == h100.devices  # same placement, different speed
+    ratio = h100.estimates["seconds_per_token_floor"] / h200.estimates["seconds_per_token_floor"]
+    assert ratio == pytest.approx(4.8 / 3.35, rel=0.02)
+    assert any("H200 class" in n for n in h200.notes)
