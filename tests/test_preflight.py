@@ -115,3 +115,17 @@ def test_load_flag_loads_as_planned_and_generates(tiny_llama_dir):
     assert load["generation"]["tokens"] > 0 and load["load_seconds"] > 0
     assert "cpu" in load["memory_used"] and "cpu" in load["planned_bytes"]
     assert load["device_map_summary"]["cpu"]["layers"] == data["plan"]["devices"]["cpu"]["layers"]
+
+
+def test_gated_model_token_is_reported_never_printed(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secretTOKENvalue123")
+    result = run("--model", "llama3_405b", "--4bit", "--assume-gpus", "4x80GB", "--json")
+    assert result.exit_code == 0, result.output
+    assert "hf_secretTOKENvalue123" not in result.output
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["hf_token"]["status"] == "ok" and "token configured" in checks["hf_token"]["detail"]
+    assert checks["hub_access"]["status"] == "skip"  # HF_HUB_OFFLINE=1: no network call at all
+    monkeypatch.delenv("HF_TOKEN")
+    checks = {c["name"]: c for c in json.loads(run("--model", "llama3_405b", "--4bit", "--assume-gpus", "4x80GB",
+                                                    "--json").stdout)["checks"]}
+    assert checks["hf_token"]["status"] == "warn" and "hf auth login" in checks["hf_token"]["fix"]
