@@ -239,8 +239,10 @@ def run_bench(
                 batch_size = generation.auto_batch_size(
                     loaded.plan, b.max_prompt_tokens, b.max_new_tokens, loaded.plan.kv_bytes_per_token, None)
             items = [(p, k, humaneval.build_prompt(p, loaded.tokenizer, style)) for p, k in todo]
-            items = generation.order_by_length(items, key=lambda it: len(loaded.tokenizer(it[2]).input_ids))
-            stops = humaneval.STOP_SEQUENCES if style == "base" else []
+            lengths = generation.prompt_token_counts(loaded.tokenizer, [it[2] for it in items])
+            ranked = generation.order_by_length(list(zip(items, lengths)), key=lambda pair: pair[1])
+            items = [it for it, _ in ranked]
+            stopping = humaneval.stopping_for(style)
             emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
             meter.start()
             metering = True
@@ -252,7 +254,7 @@ def run_bench(
                 t0 = time.perf_counter()
                 outs = generation.generate_batch(
                     loaded.model, loaded.tokenizer, [it[2] for it in batch], max_new_tokens=b.max_new_tokens,
-                    stop_sequences=stops, temperature=b.temperature, top_p=b.top_p,
+                    **stopping, temperature=b.temperature, top_p=b.top_p,
                     seed=b.seed + start if b.temperature > 0 else None, device=loaded.input_device)
                 dt = time.perf_counter() - t0
                 gen_seconds += dt
@@ -261,6 +263,7 @@ def run_bench(
                     completion = humaneval.postprocess(out.text, problem, style)
                     record = {"task_id": problem["task_id"], "sample_idx": k, "prompt_style": style,
                               "raw": out.text, "completion": completion, "new_tokens": out.new_tokens,
+                              "prompt_tokens": out.prompt_tokens,
                               "seconds": round(dt / len(batch), 4), "batch_seconds": round(dt, 4),
                               "batch_size": len(batch), "stopped_by": out.stopped_by}
                     folder.append_sample(record)

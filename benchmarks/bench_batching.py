@@ -1,0 +1,124 @@
+"""One-by-one generation (the setup guide's way) vs routerllm's batched generation: same model, same problems,
+same run. Prints the speed ratio and both pass@1 values.
+
+    python benchmarks/bench_batching.py                         # embedded model, all 164 problems, GPU if present
+    python benchmarks/bench_batching.py -n 6 --batch-size 3     # a quick CPU check
+    python benchmarks/bench_batching.py --gguf /path/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT
+
+Both modes use the same loader, prompts, post-processing and sandbox; only the batching differs. The one-by-one
+baseline calls `generate` per problem with the same stop rule (that is what the guide's script did), so the ratio
+measures batching alone. pass@1 comes from executing every completion in routerllm's sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--num-examples", type=int, default=164)
+    ap.add_argument("--batch-size", type=int, default=0, help="0 = auto from the plan")
+    ap.add_argument("--max-new-tokens", type=int, default=384)
+    ap.add_argument("--model", default="smollm2_135m")
+    ap.add_argument("--gguf", default=None, help="a GGUF file to use instead of the catalog model's")
+    ap.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)")
+    ap.add_argument("--one-by-one-limit", type=int, default=0,
+                    help="run the one-by-one baseline on only the first K problems (0 = all) and scale its time")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args()
+
+    import torch
+
+    from routerllm_cli import generation, humaneval
+    from routerllm_cli.bench import plan_for
+    from routerllm_cli.config import load_settings
+    from routerllm_cli.loading import load_model
+    from routerllm_cli.sandbox import Sandbox
+
+    cuda = torch.cuda.is_available()
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    spec_over = {"name": args.model, "torch_dtype": dtype}
+    if args.gguf:
+        spec_over.update(model_id=str(Path(args.gguf).parent), gguf_file=Path(args.gguf).name)
+    settings = load_settings(None, {"models": {"large_llm": spec_over},
+                                    "bench": {"max_new_tokens": args.max_new_tokens, "device": "auto" if cuda else "cpu"}})
+    problems = humaneval.select(humaneval.load_problems()[0], n=args.num_examples)
+    plan = plan_for(settings.large, settings, batch_size=max(args.batch_size, 1), num_examples=len(problems))
+    loaded = load_model(plan, settings.large)
+    tok = loaded.tokenizer
+    style = humaneval.choose_style(tok, "auto")
+    stopping = humaneval.stopping_for(style)
+    prompts = {p["task_id"]: humaneval.build_prompt(p, tok, style) for p in problems}
+    by_id = {p["task_id"]: p for p in problems}
+    batch = args.batch_size or generation.auto_batch_size(loaded.plan, settings.bench.max_prompt_tokens,
+                                                          args.max_new_tokens)
+    kw = dict(max_new_tokens=args.max_new_tokens, device=loaded.input_device, **stopping)
+
+    # warm-up so neither mode pays the first-call costs
+    generation.generate_batch(loaded.model, tok, [prompts[problems[0]["task_id"]]], **{**kw, "max_new_tokens": 8})
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    sync()
+    t0 = time.perf_counter()
+    batched = {k: out for k, out in generation.generate_many(loaded.model, tok, prompts, batch_size=batch, **kw)}
+    sync()
+    t_batched = time.perf_counter() - t0
+
+    base_ids = [p["task_id"] for p in problems][: args.one_by_one_limit or None]
+    t0 = time.perf_counter()
+    single = {}
+    for tid in base_ids:
+        single[tid] = generation.generate_batch(loaded.model, tok, [prompts[tid]], **kw)[0]
+    sync()
+    t_single_measured = time.perf_counter() - t0
+    t_single = t_single_measured * len(problems) / len(base_ids)
+
+    sandbox = Sandbox()
+
+    def pass_at_1(outputs: dict) -> tuple[int, int]:
+        jobs = [(tid, by_id[tid], humaneval.postprocess(o.text, by_id[tid], style)) for tid, o in outputs.items()]
+        passed = sum(res.passed for _, res in sandbox.check_many(jobs))
+        return passed, len(jobs)
+
+    pb, nb = pass_at_1(batched)
+    ps, ns = pass_at_1(single)
+    pb_same = pass_at_1({t: batched[t] for t in base_ids})[0] if len(base_ids) < len(problems) else pb
+    same_text = sum(batched[t].text == single[t].text for t in base_ids)
+    tokens_b = sum(o.new_tokens for o in batched.values())
+    tokens_s = sum(o.new_tokens for o in single.values())
+    device = torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine()
+    result = {
+        "machine": device, "model": args.model, "dtype": dtype, "style": style, "problems": len(problems),
+        "batch_size": batch, "max_new_tokens": args.max_new_tokens,
+        "batched_seconds": t_batched, "one_by_one_seconds": t_single,
+        "one_by_one_measured_on": len(base_ids), "one_by_one_seconds_measured": t_single_measured,
+        "speedup": t_single / t_batched if t_batched else None,
+        "batched_tokens_per_s": tokens_b / t_batched, "one_by_one_tokens_per_s": tokens_s / t_single_measured,
+        "pass@1_batched": pb / nb, "pass@1_one_by_one": ps / ns, "passed_batched": pb, "passed_one_by_one": ps,
+        "passed_batched_on_baseline_subset": pb_same, "identical_texts": same_text,
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+    }
+    print(json.dumps(result, indent=2))
+    print(f"\n{device}: {len(problems)} problems, batch {batch}: batched {t_batched:.1f} s vs one-by-one "
+          f"{t_single:.1f} s{' (scaled from ' + str(len(base_ids)) + ')' if len(base_ids) < len(problems) else ''}"
+          f" -> {result['speedup']:.1f}x; pass@1 batched {pb}/{nb}, one-by-one {ps}/{ns}; "
+          f"identical texts {same_text}/{len(base_ids)}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "bench_batching.json").write_text(json.dumps(result, indent=2))
+    loaded.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
