@@ -42,8 +42,8 @@ class _StopCriteria:
     """Marks each sequence done when its new text holds a stop sequence or `stop_when` says so; the batch
     ends when all are done (transformers stops per sequence when given one bool a row)."""
 
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str], stop_when: Callable[[str], int | None] | None,
-                 eos_ids: set[int]):
+    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str],
+                 stop_when: Callable[[str], int | None] | None, eos_ids: set[int]):
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stops = [s for s in stops if s]

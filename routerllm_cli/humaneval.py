@@ -67,7 +67,8 @@ def _offline() -> bool:
 
 
 def _cached_on_disk() -> bool:
-    home = Path(os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    home = Path(os.environ.get("HF_HOME") or cache / "huggingface")
     dirs = [Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or home / "hub"),
             Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")]
     names = ("datasets--openai--openai_humaneval", "openai___openai_humaneval", "openai_humaneval")
@@ -206,7 +207,8 @@ def build_prompt(problem: dict, tokenizer: Any, style: PromptStyle) -> str:
     if style != "instruct":
         raise ConfigError(f"unknown prompt style {style!r}", fix="use base or instruct")
     if not has_chat_template(tokenizer):
-        raise ConfigError("prompt_style instruct needs a tokenizer with a chat template", fix="set bench.prompt_style: base")
+        raise ConfigError("prompt_style instruct needs a tokenizer with a chat template",
+                          fix="set bench.prompt_style: base")
     messages = [{"role": "user", "content": instruct_message(problem)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

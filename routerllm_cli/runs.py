@@ -161,7 +161,8 @@ class RunFolder:
             raise ConfigError("there is no earlier run to resume", fix="start a new run (drop --resume)")
         folder = cls(path)
         if not (folder.path / RUN).is_file():
-            raise ConfigError(f"{folder.path} holds no run (no {RUN})", fix="pass the folder of an earlier run, or start a new one")
+            raise ConfigError(f"{folder.path} holds no run (no {RUN})",
+                              fix="pass the folder of an earlier run, or start a new one")
         info = folder.info()
         diffs = fingerprint_differences(info.get("fingerprint") or {}, settings_fingerprint)
         if diffs:

