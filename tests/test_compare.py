@@ -1,0 +1,99 @@
+"""compare on the two embedded models (SmolLM2-135M and Gemma-3-270M from the registry), execution on.
+
+One results folder is shared by every policy, the way an operator re-runs compare: each model answers each
+problem once, and every later policy reads those answers from the model's run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from routerllm_cli.cli.app import app
+
+runner = CliRunner()
+
+CONFIG = """
+models:
+  large_llm:
+    name: gemma3_270m
+    torch_dtype: float32
+  router:
+    policy: cascade
+    thresholds: [0.24]
+    pool:
+      - name: smollm2_135m
+        torch_dtype: float32
+      - name: gemma3_270m
+        torch_dtype: float32
+bench:
+  num_examples: 3
+  batch_size: 3
+  max_new_tokens: 40
+  device: cpu
+"""
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    cfg = root / "laptop.yaml"
+    cfg.write_text(CONFIG)
+    return cfg, root / "comparison"
+
+
+def run(cfg: Path, out: Path, *args: str):
+    result = runner.invoke(app, ["compare", "--config", str(cfg), "--results-dir", str(out), "--json", *args])
+    assert result.exit_code == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_every_policy_runs_and_writes_table_json_and_chart(shared):
+    cfg, out = shared
+    first = run(cfg, out, "--router", "oracle")  # needs every pool model on every problem: loads both once
+    names = [s["name"] for s in first["systems"]]
+    assert names[0] == "RouterLLM (oracle)" and "smollm2_135m (alone)" in names and "gemma3_270m (alone)" in names
+    assert "upper bound" in first["systems"][0]["extras"]["label"]
+    oracle = first["systems"][0]
+    alone = {s["name"]: s for s in first["systems"][1:]}
+    assert oracle["accuracy"] >= max(s["accuracy"] for s in alone.values())  # the ceiling is a ceiling
+    assert first["models"]["smollm2_135m"]["load_seconds"] > 0 and first["models"]["gemma3_270m"]["load_seconds"] > 0
+
+    for policy in ("cascade", "heuristic", "random"):
+        res = run(cfg, out, "--router", policy)
+        router = res["systems"][0]
+        assert router["name"] == f"RouterLLM ({policy})"
+        assert sum(router["routing"].values()) == 3
+        assert router["accuracy_kind"] == "pass@1"
+        for key in ("latency_mean_s", "latency_p95_s", "kwh", "co2_g", "cost_usd", "load_s"):
+            assert router[key] >= 0
+        # every answer already existed: no model was loaded again
+        assert all(m["load_seconds"] == 0 for m in res["models"].values()), res["models"]
+        if policy == "cascade":
+            assert "escalated" in router["extras"]
+
+    large = run(cfg, out, "--router", "cascade", "--use-large-model")
+    assert [s["kind"] for s in large["systems"]][:2] == ["router", "large"]
+    assert large["systems"][1]["name"] == "gemma3_270m (direct)"
+
+    table = json.loads((out / "comparison.json").read_text())
+    assert table and (out / "comparison.md").read_text().count("|") > 10
+    png = (out / "cost_quality.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_oracle_needs_execution(shared):
+    cfg, out = shared
+    result = runner.invoke(app, ["compare", "--config", str(cfg), "--results-dir", str(out), "--router", "oracle",
+                                 "--skip-execution"])
+    assert result.exit_code == 2 and "execution" in result.stderr
+
+
+def test_unknown_policy_is_refused(shared):
+    cfg, out = shared
+    result = runner.invoke(app, ["compare", "--config", str(cfg), "--router", "smartest"])
+    assert result.exit_code == 2 and "heuristic, cascade, random or oracle" in result.stderr
