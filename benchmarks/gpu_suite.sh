@@ -30,8 +30,13 @@ case "${1:-two_gpu}" in
     step offload 140 python3 benchmarks/offload_decode.py --tag full --batches 1,32 --steps 8 --stock-steps 2
     step offload_2gpu 90 python3 benchmarks/offload_decode.py --tag multi --multi-gpu --variants bf16,nf4 --batches 1 --steps 6 --stock-steps 2
     step gpu_load 160 python3 benchmarks/gpu_load.py --engines routerllm,accelerate
-    step plan_vs_actual 70 python3 benchmarks/plan_vs_actual.py --dir /tmp/routerllm_gpu_load_12l
-    step load_speed 90 python3 benchmarks/load_speed.py --dir /tmp/routerllm_gpu_load_12l
+    step plan_vs_actual 70 python3 benchmarks/plan_vs_actual.py
+    step load_speed 90 python3 benchmarks/load_speed.py --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12
+    ;;
+  debug_2gpu)
+    export CUDA_LAUNCH_BLOCKING=1
+    step offload_2gpu_small 60 python3 benchmarks/offload_decode.py --tag dbg --multi-gpu --variants bf16 --batches 1 --steps 2 --stock-steps 1 --layers 6 --gpu-layers 3
+    step gpu_load_small 120 python3 benchmarks/gpu_load.py --engines accelerate,routerllm --modes bf16 --layers 4 --budgets 0=3GiB,1=3GiB,cpu=100GiB
     ;;
   one_gpu)
     step bench_batching 420 python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf

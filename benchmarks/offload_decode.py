@@ -96,6 +96,8 @@ class TracedEngine(OffloadEngine):
 
 def copy_rates(trace: list) -> list[float]:
     """GB/s of each copy that queued right behind another (the copy stream never idles between them then)."""
+    for _, ev in trace:
+        ev.synchronize()  # copies on a second GPU's stream are not covered by the step's sync
     return [n / (prev.elapsed_time(ev) / 1e3) / 1e9 for (_, prev), (n, ev) in zip(trace, trace[1:])
             if n >= 2**27]  # fmt: skip
 
@@ -193,7 +195,8 @@ def step_sync(mode: str) -> None:
     "device" (cudaDeviceSynchronize) also waits for the engine's prefetch of the next step's first two layers,
     so the copy engine idles while the host launches the next step: it under-reports the engine."""
     if DEV == "cuda" and mode == "stream":
-        torch.cuda.current_stream().synchronize()
+        for d in range(torch.cuda.device_count()):  # with 2 GPUs the step ends on the last one
+            torch.cuda.current_stream(d).synchronize()
     else:
         sync()
 

@@ -266,8 +266,10 @@ def _check_yaml(path: Path) -> None:
 
 def check_fits(spec: ModelSpec, params: float) -> list[str]:
     """The 4-bit rule, derived: if the weights cannot fit the declared budgets at the chosen precision but would
-    in 4-bit, that is a config error naming `use_4bit: true`. Returns notes; raises ConfigError."""
-    if not spec.max_memory or spec.use_4bit:
+    in 4-bit, that is a config error naming `use_4bit: true`. Returns notes; raises ConfigError.
+    Only a complete declaration counts: without a `cpu` (or `disk`) entry the planner fills host memory from the
+    hardware, and the plan's verdict, not the config, says whether the model fits."""
+    if not spec.max_memory or spec.use_4bit or not ({"cpu", "disk"} & set(spec.max_memory)):
         return spec.offload_notes()
     total = sum(spec.max_memory.values())
     need = params * BYTES_PER_PARAM[spec.weight_dtype]
