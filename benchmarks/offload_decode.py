@@ -108,12 +108,12 @@ def sustained_h2d(engine: OffloadEngine, seconds: float) -> dict:
     if DEV != "cuda" or not units:
         return {}
     st = next(iter(engine.staging.values()))
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream(device=st.device)  # the staging buffers' own device, also with 2 GPUs
     rates, t0, i = [], time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         u = units[i % len(units)]
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.cuda.stream(stream):
+        with torch.cuda.device(st.device), torch.cuda.stream(stream):
             start.record(stream)
             st.bufs[i % 2][: u.nbytes].copy_(u.host, non_blocking=True)
             end.record(stream)

@@ -320,6 +320,32 @@ def place_modules(model, max_memory: dict[Device, int], no_split: list[str],
     return clean_device_map(device_map)
 
 
+def _has_parameters(model, name: str) -> bool:
+    if not name:
+        return True
+    try:
+        return any(True for _ in model.get_submodule(name).parameters())
+    except AttributeError:  # a parameter or buffer name rather than a module
+        return True
+
+
+def weightless_to_first_gpu(model, device_map: dict[str, Device]) -> dict[str, Device]:
+    """Modules without parameters (a rotary table: buffers computed from the config) go to the first GPU. accelerate
+    lists them after the layers, so a map that spills puts them on the CPU, where every step would stage them
+    through the offload path before the first layer runs; on the GPU they cost a few kilobytes."""
+    gpus = [d for d in device_map.values() if isinstance(d, int)]
+    if not gpus:
+        return device_map
+    first = min(gpus)
+    out = dict(device_map)
+    for name, dev in device_map.items():
+        if dev in ("cpu", "disk") and name:
+            module = model.get_submodule(name)
+            if not any(True for _ in module.parameters()):
+                out[name] = first
+    return out
+
+
 def key_of(name: str, device_map: dict[str, Device]) -> str | None:
     """The device-map entry that places `name`: its longest matching prefix."""
     best: str | None = None
@@ -457,7 +483,9 @@ class _Planner:
             d = device_map[k]
             if isinstance(d, int):
                 out[k] = d
-                previous = d if host[k] > 0 else previous
+                # only a module with parameters moves the hidden states (the engine's rule too); a rotary
+                # table on the first GPU holds buffers and says nothing about where the layers run
+                previous = d if host[k] > 0 and _has_parameters(self.model, k) else previous
             else:
                 out[k] = first if engine == "accelerate" else previous
         return out
@@ -523,7 +551,8 @@ class _Planner:
         gpu_total = sizes.gpu[""]
         for _ in range(12):
             hand = _balanced(budgets, gpu_total, buffer) if balanced else dict(budgets)
-            device_map = place_modules(self.model, hand, self.no_split, sizes_for, largest_layer_room=False)
+            device_map = weightless_to_first_gpu(
+                self.model, place_modules(self.model, hand, self.no_split, sizes_for, largest_layer_room=False))
             res = self.reserves(device_map, quantization, engine)
             new = {d: max(0, min(b, caps[d] - sum(res.get(d, {}).values()))) for d, b in budgets.items()}
             if new == budgets:
