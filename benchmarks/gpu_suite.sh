@@ -28,6 +28,8 @@ step() {  # step NAME SECONDS command...
 case "${1:-two_gpu}" in
   two_gpu)
     step offload_2gpu 100 python3 benchmarks/offload_decode.py --tag multi --multi-gpu --variants bf16,nf4 --batches 1 --steps 6 --stock-steps 2 --sustain-s 0.5
+    ;&
+  loads_2gpu)
     step plan_vs_actual 90 python3 benchmarks/plan_vs_actual.py
     step gpu_load 200 python3 benchmarks/gpu_load.py --engines accelerate,routerllm --modes bf16,4bit --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12
     ;;

@@ -729,6 +729,11 @@ class OffloadEngine:
             self.streamer = None
         if self.reader is not None:
             self.reader.close()
+        if self._registered and torch.cuda.is_available():
+            # Giving modules back re-runs accelerate's init hooks, which may queue copies out of this memory:
+            # unpinning it under an in-flight DMA faults the GPU ("unspecified launch failure", seen on 2 GPUs).
+            for d in range(torch.cuda.device_count()):
+                torch.cuda.synchronize(d)
         for ptr in self._registered:
             torch.cuda.cudart().cudaHostUnregister(ptr)
         self._registered.clear()
