@@ -45,7 +45,8 @@ case "${1:-two_gpu}" in
     step gpu_load_small 120 python3 benchmarks/gpu_load.py --engines accelerate,routerllm --modes bf16 --layers 4 --budgets 0=3GiB,1=3GiB,cpu=100GiB
     ;;
   one_gpu)
-    step bench_batching 420 python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    mkdir -p /tmp/gguf && cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum /tmp/gguf/*.gguf
+    step bench_batching 400 python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --one-by-one-limit 40
     ;;
   compare)
     step compare 420 bash -c 'ROUTERLLM_CACHE=/tmp/gguf_cache python3 -m routerllm_cli compare --config benchmarks/gpu_compare.yaml --router cascade --use-large-model --results-dir /tmp/cmp --json > /tmp/json/compare.json'
