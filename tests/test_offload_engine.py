@@ -102,8 +102,10 @@ def test_pin_budget_zero_falls_back_to_pageable_and_streams_disk_layers(checkpoi
     assert st.pinned_bytes == 0 and st.pageable_bytes == st.host_bytes > 0
     assert "pin budget of 0 B reached" in st.pageable_reason
     assert st.streamed_layers == len(DISK_LAYERS)
-    # three streamed layers and a two-buffer ring: each forward reads every disk layer from the checkpoint again
-    assert st.disk_read_bytes >= 7 * len(DISK_LAYERS) * _layer_bytes(ref_model)
+    # three streamed layers and a two-buffer ring: the forwards read the disk layers from the checkpoint again and
+    # again (7 forwards, 21 reads, less the one or two a read-ahead ring can still hold between calls; a cache
+    # would have read each layer once)
+    assert st.disk_read_bytes >= 5 * len(DISK_LAYERS) * _layer_bytes(ref_model)
     assert st.disk_read_bytes_per_s > 0
     engine.detach()
 
