@@ -69,7 +69,11 @@ class BenchScreen:
         self.progress = Progress(TextColumn("[bold]HumanEval"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[stats]}"), console=self.out.err, transient=False)
-        hint = f"~{self.eta_hint / 60:.0f} min (preflight)" if self.eta_hint else ""
+        hint = ""
+        if self.eta_hint:
+            eta = self.eta_hint
+            hint = f"~{eta:.0f} s" if eta < 120 else f"~{eta / 60:.0f} min" if eta < 7200 else f"~{eta / 3600:.1f} h"
+            hint += " (preflight estimate)"
         self.task = self.progress.add_task("bench", total=self.total, completed=self._done0, stats=hint)
         self.progress.start()
 
