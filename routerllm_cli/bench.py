@@ -156,7 +156,6 @@ def run_bench(
     on_event: EventSink | None = None,
     command_line: list[str] | None = None,
     loaded: Any = None,
-    keep_loaded: bool = False,
 ) -> BenchRun:
     """Run (or resume) HumanEval for one model. Returns the run folder and its summary."""
     from routerllm_cli import humaneval, runs
@@ -292,15 +291,13 @@ def run_bench(
                            reading, status, loaded)
         folder.write_summary(summary)
         folder.set_status(status)
-        if owns_model and loaded is not None and not keep_loaded:
+        if owns_model and loaded is not None:
             loaded.close()
     emit("done", {"summary": summary})
     if interrupted:
         raise BenchInterrupted(f"interrupted: {summary['done']}/{summary['total']} examples saved in {folder.path}",
                                fix=f"resume with `routerllm bench --run-dir {folder.path}`")
-    result = BenchRun(folder.path, summary, load_seconds, folder.samples())
-    result.loaded = loaded if keep_loaded else None  # type: ignore[attr-defined]
-    return result
+    return BenchRun(folder.path, summary, load_seconds, folder.samples())
 
 
 def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelSpec, model_name: str,
