@@ -188,7 +188,7 @@ class ComparePipeline:
                                             spec.usd_per_mtok_in or 0.0, spec.usd_per_mtok_out or 0.0)
                 else:
                     price = spec.price_per_gpu_hour if spec.price_per_gpu_hour is not None else e.price_per_gpu_hour
-                    cost += cost_usd(float(rec.get("seconds", 0.0)), max(e.gpu_count or mr.gpus, 1), price)
+                    cost += cost_usd(float(rec.get("seconds", 0.0)), e.gpu_count or mr.gpus, price)  # CPU-only: no GPU-hours
             latencies.append(seconds)
             if execute:
                 correct += bool(final.get("passed"))
