@@ -1,5 +1,5 @@
-"""One-by-one generation (the setup guide's way) vs routerllm's batched generation: same model, same problems,
-same run. Prints the speed ratio and both pass@1 values.
+"""One-by-one generation (the setup guide's way) vs routerllm's batched generation (continuous batching, and static
+batches for reference): same model, same problems, same run. Prints the speed ratios and the pass@1 values.
 
     python benchmarks/bench_batching.py                         # embedded model, all 164 problems, GPU if present
     python benchmarks/bench_batching.py -n 6 --batch-size 3     # a quick CPU check
@@ -70,7 +70,14 @@ def main() -> int:
 
     sync()
     t0 = time.perf_counter()
-    batched = {k: out for k, out in generation.generate_many(loaded.model, tok, prompts, batch_size=batch, **kw)}
+    static = {k: out for k, out in generation.generate_many(loaded.model, tok, prompts, batch_size=batch, **kw)}
+    sync()
+    t_static = time.perf_counter() - t0
+    lengths = dict(zip(prompts, generation.prompt_token_counts(tok, list(prompts.values()))))
+    ordered = generation.order_by_length(list(prompts), key=lambda k: lengths[k])
+    t0 = time.perf_counter()
+    batched = dict(generation.generate_continuous(loaded.model, tok, [(k, prompts[k]) for k in ordered],
+                                                  batch_size=batch, **kw))
     sync()
     t_batched = time.perf_counter() - t0
 
@@ -92,6 +99,7 @@ def main() -> int:
 
     pb, nb = pass_at_1(batched)
     ps, ns = pass_at_1(single)
+    pst, _ = pass_at_1(static)
     pb_same = pass_at_1({t: batched[t] for t in base_ids})[0] if len(base_ids) < len(problems) else pb
     same_text = sum(batched[t].text == single[t].text for t in base_ids)
     tokens_b = sum(o.new_tokens for o in batched.values())
@@ -100,16 +108,19 @@ def main() -> int:
     result = {
         "machine": device, "model": args.model, "dtype": dtype, "style": style, "problems": len(problems),
         "batch_size": batch, "max_new_tokens": args.max_new_tokens,
-        "batched_seconds": t_batched, "one_by_one_seconds": t_single,
+        "batched_seconds": t_batched, "static_batches_seconds": t_static, "one_by_one_seconds": t_single,
+        "static_speedup": t_single / t_static if t_static else None,
         "one_by_one_measured_on": len(base_ids), "one_by_one_seconds_measured": t_single_measured,
         "speedup": t_single / t_batched if t_batched else None,
         "batched_tokens_per_s": tokens_b / t_batched, "one_by_one_tokens_per_s": tokens_s / t_single_measured,
         "pass@1_batched": pb / nb, "pass@1_one_by_one": ps / ns, "passed_batched": pb, "passed_one_by_one": ps,
+        "passed_static_batches": pst,
         "passed_batched_on_baseline_subset": pb_same, "identical_texts": same_text,
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
     print(json.dumps(result, indent=2))
-    print(f"\n{device}: {len(problems)} problems, batch {batch}: batched {t_batched:.1f} s vs one-by-one "
+    print(f"\n{device}: static batches {t_static:.1f} s ({result['static_speedup']:.1f}x, pass@1 {pst}/{nb})")
+    print(f"{device}: {len(problems)} problems, batch {batch}: continuous batching {t_batched:.1f} s vs one-by-one "
           f"{t_single:.1f} s{' (scaled from ' + str(len(base_ids)) + ')' if len(base_ids) < len(problems) else ''}"
           f" -> {result['speedup']:.1f}x; pass@1 batched {pb}/{nb}, one-by-one {ps}/{ns}; "
           f"identical texts {same_text}/{len(base_ids)}")

@@ -145,6 +145,38 @@ def _memory_now(loaded: Any) -> dict[str, int]:
     return out
 
 
+def _on_gpu(device: Any) -> bool:
+    return "cuda" in str(device)
+
+
+def _generate_groups(generation: Any, loaded: Any, items: list, batch_size: int, stopping: dict, b: Any,
+                     stop: StopSignal, continuous: bool):
+    """Yield (finished [(item, output)], seconds since the previous group). Static batches decode until their
+    longest answer ends; continuous batching refills finished rows (on a GPU the re-read prompt costs less
+    than the decode steps it saves; on a CPU it does not). Either way a stop request takes no new prompt and
+    lets the rows in flight finish."""
+    kw = dict(max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p,
+              device=loaded.input_device, **stopping)
+    if continuous:
+        last = time.perf_counter()
+        stream = generation.generate_continuous(
+            loaded.model, loaded.tokenizer, [(i, it[2]) for i, it in enumerate(items)], batch_size=batch_size,
+            seed=b.seed if b.temperature > 0 else None, should_stop=lambda: stop.requested, **kw)
+        for i, out in stream:
+            now = time.perf_counter()
+            yield [(items[i], out)], now - last
+            last = now
+        return
+    for start in range(0, len(items), batch_size):
+        if stop.requested:
+            return
+        batch = items[start:start + batch_size]
+        t0 = time.perf_counter()
+        outs = generation.generate_batch(loaded.model, loaded.tokenizer, [it[2] for it in batch],
+                                         seed=b.seed + start if b.temperature > 0 else None, **kw)
+        yield list(zip(batch, outs)), time.perf_counter() - t0
+
+
 def run_bench(
     settings: Settings,
     *,
@@ -245,37 +277,31 @@ def run_bench(
             emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
             meter.start()
             metering = True
-            for start in range(0, len(items), batch_size):
-                if stop.requested:
-                    interrupted = True
-                    break
-                batch = items[start:start + batch_size]
-                t0 = time.perf_counter()
-                outs = generation.generate_batch(
-                    loaded.model, loaded.tokenizer, [it[2] for it in batch], max_new_tokens=b.max_new_tokens,
-                    **stopping, temperature=b.temperature, top_p=b.top_p,
-                    seed=b.seed + start if b.temperature > 0 else None, device=loaded.input_device)
-                dt = time.perf_counter() - t0
+            continuous = b.batching == "continuous" or (b.batching == "auto" and _on_gpu(loaded.input_device))
+            finished = 0
+            for group, dt in _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous):
                 gen_seconds += dt
                 first_batch_at = first_batch_at or (time.perf_counter() - t_start)
-                for (problem, k, _), out in zip(batch, outs):
+                for (problem, k, _), out in group:
                     completion = humaneval.postprocess(out.text, problem, style)
                     record = {"task_id": problem["task_id"], "sample_idx": k, "prompt_style": style,
                               "raw": out.text, "completion": completion, "new_tokens": out.new_tokens,
                               "prompt_tokens": out.prompt_tokens,
-                              "seconds": round(dt / len(batch), 4), "batch_seconds": round(dt, 4),
-                              "batch_size": len(batch), "stopped_by": out.stopped_by}
+                              "seconds": round(dt / len(group), 4), "batch_seconds": round(dt, 4),
+                              "batch_size": out.batch_size, "stopped_by": out.stopped_by}
                     folder.append_sample(record)
                     if executor is not None and sandbox is not None:
                         pending.append((problem["task_id"], k, executor.submit(sandbox.check, problem, completion)))
+                finished += len(group)
                 drain(block=False)
                 n_done = len(folder.finished_keys())
-                emit("batch", {"done": n_done, "batch": len(batch), "seconds": dt,
-                               "tokens": sum(o.new_tokens for o in outs), "memory": _memory_now(loaded),
+                emit("batch", {"done": n_done, "batch": len(group), "seconds": dt,
+                               "tokens": sum(o.new_tokens for _, o in group), "memory": _memory_now(loaded),
                                "passed": folder.passed_count()})
-                if n_done // SUMMARY_EVERY != (n_done - len(batch)) // SUMMARY_EVERY:
+                if n_done // SUMMARY_EVERY != (n_done - len(group)) // SUMMARY_EVERY:
                     folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds,
                                                   gen_seconds, first_batch_at, None, "running", loaded))
+            interrupted = stop.requested and finished < len(items)
         drain(block=True)
     except KeyboardInterrupt:
         interrupted = True

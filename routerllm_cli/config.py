@@ -148,6 +148,8 @@ class BenchSpec(_Strict):
     num_examples: int = Field(164, ge=1, le=164)
     task_ids: list[str] | None = None
     batch_size: int | Literal["auto"] = "auto"
+    # continuous: finished rows are refilled with new problems (auto: on a GPU); static: fixed batches
+    batching: Literal["auto", "static", "continuous"] = "auto"
     max_new_tokens: int = Field(384, ge=1)
     max_prompt_tokens: int = Field(1024, ge=16)
     prompt_style: Literal["auto", "base", "instruct"] = "auto"

@@ -247,3 +247,107 @@ def _per_sequence_needs(plan: Any, prompt_tokens: int, tokens: int,
         if share[d] > 0 or act_reserved:
             out[d] = (need, room)
     return out
+
+
+class _ContinuedStop(_StopCriteria):
+    """`_StopCriteria` for a chunk that continues earlier answers: a row's text is its earlier tokens + this
+    chunk's, so a stop sequence or a closing fence that spans chunks is still seen where it starts."""
+
+    def __init__(self, *args: Any, prior: list[list[int]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prior = prior
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_len:].cpu()
+        ended = (torch.isin(new, torch.tensor(self.eos_ids)).any(dim=1).tolist()
+                 if self.eos_ids else [False] * new.shape[0])
+        done = []
+        for row in range(new.shape[0]):
+            if row not in self.finished_at and not ended[row]:
+                full = torch.cat([torch.tensor(self.prior[row], dtype=new.dtype), new[row]])
+                if (reason := self._hit(full)) is not None:
+                    self.finished_at[row] = (len(full), reason)
+            done.append(ended[row] or row in self.finished_at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    prompt_ids: list[int]
+    gen: list[int]
+    started: float
+
+
+def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, str]], *, batch_size: int,
+                        max_new_tokens: int, stop_sequences: Sequence[str] = (),
+                        stop_when: Callable[[str], int | None] | None = None, temperature: float = 0.0,
+                        top_p: float = 0.95, seed: int | None = None, device: Any = None, chunk_tokens: int = 32,
+                        should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
+    """Continuous batching over `model.generate`: every `chunk_tokens` steps the rows whose answers ended leave and
+    the next prompts take their places, so the batch stays full instead of decoding until its longest answer ends.
+    Each chunk re-reads prompt + answer so far (one prefill a chunk, cheap on a GPU next to the decode steps it
+    saves), so greedy answers equal one-by-one generation. Yields (key, output) as answers finish; `seconds` is
+    the row's own wall time. When `should_stop()` turns true no new prompt is taken; rows in flight finish."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    prepare_tokenizer(tokenizer)
+    device = device if device is not None else getattr(model, "device", "cpu")
+    eos_ids = _eos_ids(model, tokenizer)
+    stops = [s for s in stop_sequences if s]
+    pad = tokenizer.pad_token_id
+    sampling: dict[str, Any] = (
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if temperature == 0.0
+        else {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": None}
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    queue = list(prompts)
+    active: list[_Row] = []
+    while queue or active:
+        while len(active) < batch_size and queue and not (should_stop and should_stop()):
+            key, text = queue.pop(0)
+            ids = tokenizer(text, add_special_tokens=_add_special_tokens(tokenizer, [text]))["input_ids"]
+            active.append(_Row(key, list(ids), [], time.perf_counter()))
+        if not active:
+            break
+        remaining = [max_new_tokens - len(r.gen) for r in active]
+        steps = min(chunk_tokens, max(remaining))
+        seqs = [r.prompt_ids + r.gen for r in active]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        criteria = _ContinuedStop(tokenizer, width, stops, stop_when, eos_ids, prior=[r.gen for r in active])
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=steps,
+                                 stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=pad,
+                                 eos_token_id=sorted(eos_ids) or None, **sampling)
+        chunks = out[:, width:].cpu().tolist()
+        still: list[_Row] = []
+        for row, toks, room in zip(active, chunks, remaining):
+            toks = toks[:room]
+            eos_at = next((i for i, t in enumerate(toks) if t in eos_ids), None)
+            row.gen += toks if eos_at is None else toks[: eos_at + 1]
+            text = tokenizer.decode(row.gen, skip_special_tokens=True)
+            hit = _earliest_stop(text, stops)
+            end = stop_when(text) if (hit is None and stop_when is not None) else None
+            if hit is not None:
+                result = GenerationOutput(text[:hit[0]], len(row.gen), 0.0, "stop_sequence", hit[1])
+            elif end is not None:
+                result = GenerationOutput(text[:end], len(row.gen), 0.0, "stop_when")
+            elif eos_at is not None:
+                result = GenerationOutput(text, len(row.gen), 0.0, "eos")
+            elif len(row.gen) >= max_new_tokens:
+                result = GenerationOutput(text, len(row.gen), 0.0, "max_new_tokens")
+            else:
+                still.append(row)
+                continue
+            result.seconds = time.perf_counter() - row.started
+            result.prompt_tokens = len(row.prompt_ids)
+            result.batch_size = len(active)
+            yield row.key, result
+        active = still

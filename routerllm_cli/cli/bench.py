@@ -135,6 +135,8 @@ def bench(
                                                       show_default=False)] = None,
     prompt_style: Annotated[Optional[str], typer.Option("--prompt-style", help="auto | base | instruct",
                                                         show_default=False)] = None,
+    batching: Annotated[Optional[str], typer.Option("--batching", help="auto (continuous on a GPU, static on a "
+                                                    "CPU) | static | continuous", show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, show_default=False)] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Samples per problem (pass@k).",
                                                    show_default=False)] = None,
@@ -155,7 +157,7 @@ def bench(
     handle_errors(_bench)(**locals())
 
 
-def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, temperature, samples,
+def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, temperature, samples,
            max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
            json_out) -> None:
     from routerllm_cli.bench import BenchInterrupted, StopSignal, run_bench
@@ -164,7 +166,8 @@ def _bench(model, config, num_examples, tasks, skip_execution, batch_size, promp
 
     bench_over: dict[str, Any] = {}
     for key, value in (("num_examples", num_examples), ("skip_execution", skip_execution),
-                       ("prompt_style", prompt_style), ("temperature", temperature), ("samples", samples),
+                       ("prompt_style", prompt_style), ("batching", batching), ("temperature", temperature),
+                       ("samples", samples),
                        ("max_new_tokens", max_new_tokens), ("timeout_s", timeout), ("device", device),
                        ("results_dir", results_dir)):
         if value is not None:
