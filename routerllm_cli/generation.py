@@ -1,4 +1,4 @@
-"""Batched generation with per-sequence stop sequences, and how many sequences a batch can hold.
+"""Batched generation with per-sequence stop sequences, continuous batching, and how many sequences fit a batch.
 
 A batch is left-padded so every prompt ends at the same position and new tokens line up. Each sequence stops on
 its own (a stop sequence in its new text, EOS, or `stop_when`); a finished sequence is then fed padding until
@@ -92,6 +92,17 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _sampling(temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+    """`generate` keyword arguments: greedy at temperature 0, else nucleus sampling (top_p, no top-k)."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    if temperature == 0.0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": None}
+
+
 def prepare_tokenizer(tokenizer: Any) -> Any:
     """Left padding, and EOS as the pad token when the tokenizer has none (most causal LMs)."""
     tokenizer.padding_side = "left"
@@ -127,13 +138,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, max_new_to
     prompt_len = input_ids.shape[1]
     eos_ids = _eos_ids(model, tokenizer)
     criteria = _StopCriteria(tokenizer, prompt_len, stop_sequences, stop_when, eos_ids)
-    sampling: dict[str, Any] = (
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if temperature == 0.0
-        else {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": None}
-    )
-    if seed is not None:
-        torch.manual_seed(seed)
+    sampling = _sampling(temperature, top_p, seed)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
@@ -299,13 +304,7 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
     eos_ids = _eos_ids(model, tokenizer)
     stops = [s for s in stop_sequences if s]
     pad = tokenizer.pad_token_id
-    sampling: dict[str, Any] = (
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if temperature == 0.0
-        else {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": None}
-    )
-    if seed is not None:
-        torch.manual_seed(seed)
+    sampling = _sampling(temperature, top_p, seed)
     queue = list(prompts)
     active: list[_Row] = []
     while queue or active:
