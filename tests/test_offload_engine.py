@@ -67,15 +67,23 @@ def _layer_bytes(reference_model) -> int:
     return sum(p.numel() * p.element_size() for p in reference_model.model.layers[0].parameters())
 
 
-def test_engine_output_equals_the_model_in_memory(checkpoint, reference, tmp_path):
-    ref_model, ref_logits, ref_tokens = reference
+def _attach_and_match(checkpoint, reference, tmp_path, **engine_kw):
+    """Load with the offloaded map, attach the engine, and check a prompt forward + greedy generation against the
+    model fully in memory. Returns the engine."""
+    _, ref_logits, ref_tokens = reference
     model = _load_offloaded(checkpoint, tmp_path)
-    engine = attach_offload_engine(model, _device_map())
+    engine = attach_offload_engine(model, _device_map(), **engine_kw)
     with torch.no_grad():
         logits = model(PROMPT).logits
         tokens = _generate(model)
     torch.testing.assert_close(logits, ref_logits)
     assert torch.equal(tokens, ref_tokens)
+    return engine
+
+
+def test_engine_output_equals_the_model_in_memory(checkpoint, reference, tmp_path):
+    ref_model = reference[0]
+    engine = _attach_and_match(checkpoint, reference, tmp_path)
 
     st = engine.stats()
     assert st.offloaded_layers == N_LAYERS + 3  # embeddings, layers, norm, lm_head; rotary holds only buffers
@@ -89,14 +97,8 @@ def test_engine_output_equals_the_model_in_memory(checkpoint, reference, tmp_pat
 
 
 def test_pin_budget_zero_falls_back_to_pageable_and_streams_disk_layers(checkpoint, reference, tmp_path):
-    ref_model, ref_logits, ref_tokens = reference
-    model = _load_offloaded(checkpoint, tmp_path)
-    engine = attach_offload_engine(model, _device_map(), pin_budget_bytes=0)
-    with torch.no_grad():
-        logits = model(PROMPT).logits
-        tokens = _generate(model)
-    torch.testing.assert_close(logits, ref_logits)
-    assert torch.equal(tokens, ref_tokens)
+    ref_model = reference[0]
+    engine = _attach_and_match(checkpoint, reference, tmp_path, pin_budget_bytes=0)
 
     st = engine.stats()
     assert st.pinned_bytes == 0 and st.pageable_bytes == st.host_bytes > 0
