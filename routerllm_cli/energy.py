@@ -75,6 +75,16 @@ class EnergyReading:
             "notes": list(self.notes),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnergyReading":
+        """The inverse of `to_dict` (a summary written by an earlier session of the same run)."""
+        return cls(seconds=float(data.get("seconds", 0.0)),
+                   gpu_joules={int(k): float(v) for k, v in (data.get("gpu_joules") or {}).items()},
+                   cpu_joules=float(data.get("cpu_joules", 0.0)),
+                   cpu_source="rapl" if data.get("cpu_source") == "rapl" else "estimate",
+                   gpu_source="nvml" if data.get("gpu_source") == "nvml" else "none",
+                   notes=tuple(data.get("notes") or ()))
+
 
 def sum_readings(readings: Sequence[EnergyReading]) -> EnergyReading:
     """Several windows as one (a cascade's per-model phases). An estimate anywhere labels the sum an estimate."""

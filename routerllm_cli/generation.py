@@ -14,7 +14,9 @@ from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
-MAX_AUTO_BATCH = 64
+# A decode step of a batch costs about what a step of one sequence costs until the GPU runs out of work (an H200
+# ran SmolLM2-135M at 28 ms a step alone and 39 ms at 164 sequences), so the cap is high and memory decides.
+MAX_AUTO_BATCH = 256
 CPU_BATCH = 8
 # Allocator fragmentation and stray tensors: only this much of free memory is counted as room.
 FREE_USABLE = 0.9

@@ -164,6 +164,23 @@ def choose_attention(spec: "ModelSpec", plan: "DevicePlan") -> tuple[str, str]:
     return "flash_attention_2", f"flash_attn {getattr(flash_attn, '__version__', '?')} imports and dtype is {plan.dtype}"
 
 
+def choose_sdpa_backends(attn: str, device_map: dict[str, Any], cudnn_attention: bool) -> str | None:
+    """Take cuDNN out of PyTorch's SDPA backend order for a GPU model, unless the spec asks for it.
+
+    With a padding mask (every left-padded batch) PyTorch 2.5+ tries the cuDNN backend first on Hopper and newer,
+    and cuDNN builds an execution plan for each new (batch, query, key length) shape. Decoding meets a new key
+    length every step, so each step paid a plan build: an H200 decoded SmolLM2-135M at 70-154 ms a step on
+    shapes seen once and 28-43 ms on shapes seen before (benchmarks/step_profile.py). Flash and memory-efficient
+    attention need no plan. The switch is process-wide. Returns a note for the load report, or None."""
+    if attn != "sdpa" or cudnn_attention or not _gpu_indices(device_map):
+        return None
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return ("attention: PyTorch SDPA with the cuDNN backend off (it builds a plan per new shape, i.e. per decode "
+            "step); set cudnn_attention: true to keep it")
+
+
 def check_quantization_backend(quantization: str, device_map: dict[str, Any]) -> None:
     """bitsandbytes 4/8-bit needs a CUDA GPU and a CUDA build of its native library: fail before reading weights."""
     if quantization == "none":
@@ -832,10 +849,11 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
 
     check_quantization_backend(plan.quantization, plan.device_map)
     attn, attn_reason = choose_attention(spec, plan)
+    sdpa_note = choose_sdpa_backends(attn, plan.device_map, spec.cudnn_attention)
     folder = _offload_folder(plan, spec)
     rss_before = psutil.Process().memory_info().rss
     lock = OffloadLock(folder, command=f"routerllm load {plan.model.name}").acquire() if folder else None
-    notes: list[str] = []
+    notes: list[str] = [sdpa_note] if sdpa_note else []
     try:
         try:
             ckpt = locate_checkpoint(plan.model, token)

@@ -127,3 +127,23 @@ def test_bench_cli_json_summary_and_run_folder(tiny_llama_dir, tmp_path):
 def test_bench_refuses_unknown_task_ids(tiny_llama_dir):
     result = runner.invoke(app, ["bench", "--model", str(tiny_llama_dir), "--tasks", "HumanEval/999"])
     assert result.exit_code == 2 and "HumanEval/999" in result.stderr
+
+
+def test_a_resumed_run_reports_energy_and_time_of_all_its_sessions(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_bench(tiny_settings(tiny_llama_dir, tmp_path, num_examples=2, skip_execution=True),
+                      run_dir=run_dir).summary
+    assert first["energy"]["seconds"] > 0 and first["generation_seconds"] > 0 and first["load_seconds"] > 0
+    more = run_bench(tiny_settings(tiny_llama_dir, tmp_path, num_examples=3, skip_execution=True), run_dir=run_dir)
+    second = more.summary
+    assert second["done"] == 3
+    assert second["energy"]["seconds"] > first["energy"]["seconds"]
+    assert second["energy"]["cpu_joules"] > first["energy"]["cpu_joules"]
+    assert second["generation_seconds"] > first["generation_seconds"]
+    assert second["load_seconds"] > first["load_seconds"] and 0 < more.load_seconds < second["load_seconds"]
+    again = run_bench(tiny_settings(tiny_llama_dir, tmp_path, num_examples=3, skip_execution=True), run_dir=run_dir)
+    # nothing left to do: nothing loaded, nothing spent, and the run's totals are kept
+    assert again.load_seconds == 0
+    for key in ("generation_seconds", "load_seconds"):
+        assert again.summary[key] == pytest.approx(second[key])
+    assert again.summary["energy"]["kwh"] == pytest.approx(second["energy"]["kwh"])

@@ -202,3 +202,35 @@ def test_hub_id_loads_from_the_cache_under_hf_home_offline(tiny_llama_dir, refer
     with load_model(plan, ModelSpec(name="tiny", torch_dtype="float32")) as loaded:
         assert loaded.checkpoint_bytes == sum(p.stat().st_size for p in tiny_llama_dir.glob("*.safetensors"))
         assert test_generation(loaded, PROMPT, max_new_tokens=12)["token_ids"] == reference
+
+
+@pytest.fixture
+def cudnn_sdp_flag():
+    """The cuDNN SDPA switch is process-wide: put it back as found."""
+    import torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    yield torch.backends.cuda
+    torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_cudnn_attention_is_taken_out_for_gpu_models_only(cudnn_sdp_flag):
+    from routerllm_cli.loading import choose_sdpa_backends
+
+    cpu_map, gpu_map = {"model": "cpu"}, {"model.layers.0": 0, "model.layers.1": "cpu"}
+    assert choose_sdpa_backends("sdpa", cpu_map, False) is None and cudnn_sdp_flag.cudnn_sdp_enabled()
+    assert choose_sdpa_backends("flash_attention_2", gpu_map, False) is None and cudnn_sdp_flag.cudnn_sdp_enabled()
+    assert choose_sdpa_backends("sdpa", gpu_map, True) is None and cudnn_sdp_flag.cudnn_sdp_enabled()
+    note = choose_sdpa_backends("sdpa", gpu_map, False)
+    assert "cuDNN backend off" in note and "cudnn_attention: true" in note
+    assert not cudnn_sdp_flag.cudnn_sdp_enabled()
+
+
+def test_cpu_load_leaves_the_attention_backends_alone(tiny_llama_dir, cudnn_sdp_flag):
+    loaded = load_model(make_plan(tiny_llama_dir, {"": "cpu"}), ModelSpec(name="tiny", torch_dtype="float32"))
+    try:
+        assert cudnn_sdp_flag.cudnn_sdp_enabled()
+        assert not any("cuDNN" in n for n in loaded.notes)
+    finally:
+        loaded.close()
