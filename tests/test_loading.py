@@ -3,6 +3,7 @@ progress, and the one-line failures a user sees."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -234,3 +235,42 @@ def test_cpu_load_leaves_the_attention_backends_alone(tiny_llama_dir, cudnn_sdp_
         assert not any("cuDNN" in n for n in loaded.notes)
     finally:
         loaded.close()
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_tokenizer(name: str):
+    """Gemma's 262k-piece tokenizer takes ~20 s to convert: once per module."""
+    from routerllm_cli.catalog import CATALOG, embedded_gguf_path, resolve_spec
+    from routerllm_cli.loading import load_tokenizer
+
+    path = embedded_gguf_path(CATALOG[name])
+    return load_tokenizer(resolve_spec(name, str(path.parent), path.name), ModelSpec(name=name)), path
+
+
+def test_gguf_tokenizer_gets_the_bos_its_file_asks_for():
+    from routerllm_cli.loading import check_gguf_tokenizer
+
+    tok, path = _embedded_tokenizer("gemma3_270m")
+    assert tok("def f():")["input_ids"][0] == 2  # Gemma's GGUF says add_bos_token
+    tok._tokenizer.post_processor = None  # what transformers 5.18-5.22 hand back for this file
+    assert tok("def f():")["input_ids"][0] != 2
+    assert check_gguf_tokenizer(tok, path) == [f"tokenizer: BOS 2 added, as {path.name} asks"]
+    assert tok("def f():")["input_ids"][0] == 2 and tok("def f():")["input_ids"].count(2) == 1
+
+    smol, smol_path = _embedded_tokenizer("smollm2_135m")  # its GGUF adds no BOS: left as it is
+    before = smol("def f():")["input_ids"]
+    assert check_gguf_tokenizer(smol, smol_path) == [] and smol("def f():")["input_ids"] == before
+
+
+def test_a_transformers_that_mis_splits_gguf_sentencepiece_is_refused(monkeypatch):
+    import transformers
+
+    from routerllm_cli.loading import check_gguf_tokenizer
+
+    tok, path = _embedded_tokenizer("gemma3_270m")
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(ConfigError) as info:
+        check_gguf_tokenizer(tok, path)
+    assert "wrong pieces" in str(info.value) and "transformers>=5.23" in info.value.fix
+    smol, smol_path = _embedded_tokenizer("smollm2_135m")  # a BPE ("gpt2") tokenizer converts fine there
+    assert check_gguf_tokenizer(smol, smol_path) == []
