@@ -56,13 +56,12 @@ case "${1:-two_gpu}" in
     cp -r /tmp/bbstate "$LOGS/" 2>/dev/null
     ;;
   compare)  # every policy against the large model; the model runs are shared, so only the first generates
-    mkdir -p /tmp/gguf && cat /tmp/parts/gem.* > /tmp/gguf/gemma-3-270m-q4_k_m.gguf && sha256sum /tmp/gguf/*.gguf
+    mkdir -p /tmp/gguf /tmp/cmp_out && cat /tmp/parts/gem.* > /tmp/gguf/gemma-3-270m-q4_k_m.gguf && sha256sum /tmp/gguf/*.gguf
     for policy in cascade heuristic random oracle; do
       step "compare_$policy" 420 bash -c "python3 -m routerllm_cli compare --config benchmarks/gpu_compare.yaml --router $policy --use-large-model --results-dir /tmp/cmp --json > /tmp/json/compare_$policy.json"
-      cp /tmp/cmp/comparison.md "$LOGS/compare_$policy.md" 2>/dev/null
-      cp /tmp/cmp/cost_quality.png "$LOGS/cost_quality_$policy.png" 2>/dev/null
+      mkdir -p "/tmp/cmp_out/$policy" && cp /tmp/cmp/comparison.* /tmp/cmp/cost_quality.png "/tmp/cmp_out/$policy/" 2>/dev/null
     done
-    tar -czf "$LOGS/cmp_models.tgz" -C /tmp/cmp models 2>/dev/null
+    tar -czf "$LOGS/compare.tgz" -C /tmp cmp_out cmp/models 2>/dev/null
     ;;
 esac
 tar -czf "$LOGS/json.tgz" -C /tmp json 2>/dev/null

@@ -291,7 +291,10 @@ def run_bench(
                     record = {"task_id": problem["task_id"], "sample_idx": k, "prompt_style": style,
                               "raw": out.text, "completion": completion, "new_tokens": out.new_tokens,
                               "prompt_tokens": out.prompt_tokens,
-                              "seconds": round(dt / len(group), 4), "batch_seconds": round(dt, 4),
+                              # seconds: share of the generation time (adds up to it); latency_s: how long
+                              # this answer took from entering a batch to its end
+                              "seconds": round(out.share_seconds if continuous else dt / len(group), 4),
+                              "latency_s": round(out.seconds, 4), "batch_seconds": round(dt, 4),
                               "batch_size": out.batch_size, "stopped_by": out.stopped_by}
                     folder.append_sample(record)
                     if executor is not None and sandbox is not None:
@@ -347,7 +350,7 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
     prompts = {p["task_id"]: p["prompt"] for p in problems}
     samples = [s for s in folder.samples() if s["task_id"] in ids]
     execs = folder.executions()  # {(task_id, k): {...}}
-    latencies = [s["seconds"] for s in samples]
+    latencies = [s.get("latency_s", s["seconds"]) for s in samples]
     tokens = sum(s.get("new_tokens", 0) for s in samples)
     gen_ok = sum(parses_as_python(prompts[s["task_id"]], s["completion"]) for s in samples)
     summary: dict[str, Any] = {

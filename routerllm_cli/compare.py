@@ -170,18 +170,19 @@ class ComparePipeline:
 
         e = self.settings.energy
         execute = not self.settings.bench.skip_execution
-        latencies, joules, cost = [], 0.0, 0.0
+        latencies, spent, joules, cost = [], [], 0.0, 0.0
         correct = 0
         prompts = {p["task_id"]: p["prompt"] for p in problems}
         models_used: set[str] = set()
         for p in problems:
             a = answers[p["task_id"]]
             final = a["records"][-1] if a["records"] else {}
-            seconds = float(a.get("check_seconds", 0.0))
+            seconds = latency = float(a.get("check_seconds", 0.0))
             for model_name, rec in zip(a["tried"], a["records"]):
                 mr = self.runs[model_name]
                 models_used.add(model_name)
-                seconds += float(rec.get("seconds", 0.0))
+                seconds += float(rec.get("seconds", 0.0))  # its share of the generation time
+                latency += float(rec.get("latency_s", rec.get("seconds", 0.0)))  # how long it waited
                 joules += mr.joules_per_answer
                 spec = mr.spec
                 if spec.usd_per_mtok_in is not None or spec.usd_per_mtok_out is not None:
@@ -190,7 +191,8 @@ class ComparePipeline:
                 else:
                     price = spec.price_per_gpu_hour if spec.price_per_gpu_hour is not None else e.price_per_gpu_hour
                     cost += cost_usd(float(rec.get("seconds", 0.0)), e.gpu_count or mr.gpus, price)  # CPU-only: no GPU-hours
-            latencies.append(seconds)
+            latencies.append(latency)
+            spent.append(seconds)
             if execute:
                 correct += bool(final.get("passed"))
             else:
@@ -204,7 +206,7 @@ class ComparePipeline:
             "accuracy_kind": "pass@1" if execute else "generation success",
             "latency_mean_s": statistics.fmean(latencies) if latencies else 0.0,
             "latency_p95_s": p95,
-            "wall_s": sum(latencies),
+            "wall_s": sum(spent),
             "load_s": sum(self.runs[m].run.load_seconds for m in models_used),
             "kwh": kwh, "co2_g": co2_grams(kwh, e.carbon_intensity_g_per_kwh), "cost_usd": cost,
             "routing": routing or {},

@@ -43,7 +43,9 @@ class ModelSpec(_Strict):
     # PyTorch tries cuDNN first for masked SDPA on Hopper and newer; cuDNN builds a plan for every new
     # (batch, length) shape, which in decoding is every step. Off unless asked for.
     cudnn_attention: bool = False
-    torch_dtype: Dtype = "bfloat16"
+    # auto: the catalog entry's dtype if it names one (float32 for the embedded GGUF models), else bfloat16
+    # with GPUs and float32 without
+    torch_dtype: Dtype = "auto"
     device_map: Literal["auto", "balanced", "sequential"] | dict[str, int | str] = "auto"
     offload_folder: Path | None = None
     offload_state_dict: bool = True

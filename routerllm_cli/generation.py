@@ -28,11 +28,14 @@ _TAIL_SLACK_TOKENS = 8
 class GenerationOutput:
     text: str  # new text only, cut at the stop sequence (the stop itself is not included)
     new_tokens: int  # tokens generated for this sequence, up to and including its stop or EOS
-    seconds: float  # wall time of the whole batch that produced it
+    seconds: float  # this answer's latency: the wall time of its batch, or of its rows' time in flight
     stopped_by: str  # "stop_sequence" | "stop_when" | "eos" | "max_new_tokens"
     stop_sequence: str | None = None
     prompt_tokens: int = 0  # without padding
     batch_size: int = 1
+    # this answer's share of the generation time (each step's time split among the rows it advanced): the shares
+    # of all answers add up to the time spent generating, which latencies of overlapping rows do not
+    share_seconds: float = 0.0
 
 
 def _earliest_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
@@ -170,7 +173,7 @@ def _finish(row: int, tokens: list[int], criteria: _StopCriteria, eos_ids: set[i
     elif stop_when is not None and (end := stop_when(text)) is not None:
         text = text[:end]
     return GenerationOutput(text=text, new_tokens=count, seconds=seconds, stopped_by=stopped_by, stop_sequence=stop,
-                            prompt_tokens=prompt_tokens, batch_size=batch_size)
+                            prompt_tokens=prompt_tokens, batch_size=batch_size, share_seconds=seconds / batch_size)
 
 
 def order_by_length(items: Sequence[T], key: Callable[[T], int]) -> list[T]:
@@ -286,6 +289,7 @@ class _Row:
     prompt_ids: list[int]
     gen: list[int]
     started: float
+    share: float = 0.0
 
 
 def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, str]], *, batch_size: int,
@@ -323,11 +327,14 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
         criteria = _ContinuedStop(tokenizer, width, stops, stop_when, eos_ids, prior=[r.gen for r in active])
+        chunk_start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=steps,
                                  stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=pad,
                                  eos_token_id=sorted(eos_ids) or None, **sampling)
-        chunks = out[:, width:].cpu().tolist()
+        chunks = out[:, width:].cpu().tolist()  # the copy to host waits for the device
+        for row in active:
+            row.share += (time.perf_counter() - chunk_start) / len(active)
         still: list[_Row] = []
         for row, toks, room in zip(active, chunks, remaining):
             toks = toks[:room]
@@ -348,6 +355,7 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
                 still.append(row)
                 continue
             result.seconds = time.perf_counter() - row.started
+            result.share_seconds = row.share
             result.prompt_tokens = len(row.prompt_ids)
             result.batch_size = len(active)
             yield row.key, result

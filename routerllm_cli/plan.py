@@ -167,9 +167,13 @@ def model_config(ref: ModelRef, spec: ModelSpec, token: str | None = None) -> An
     return AutoConfig.from_pretrained(path.parent, trust_remote_code=trust)
 
 
-def compute_dtype(spec: ModelSpec, hardware: HardwareReport) -> str:
+def compute_dtype(spec: ModelSpec, hardware: HardwareReport, ref: ModelRef | None = None) -> str:
+    """torch_dtype as set; for `auto`, the catalog entry's dtype if it names one, else bf16 with GPUs, fp32 without."""
     if spec.torch_dtype != "auto":
         return spec.torch_dtype
+    entry = getattr(ref, "entry", None)
+    if entry is not None and entry.dtype:
+        return entry.dtype
     return "bfloat16" if hardware.gpus else "float32"
 
 
@@ -421,7 +425,7 @@ class _Planner:
                  model: Any = None, ref: ModelRef | None = None, token: str | None = None):
         self.spec, self.hw = spec, hardware
         self.ref = ref or _resolve(spec)
-        self.dtype = compute_dtype(spec, hardware)
+        self.dtype = compute_dtype(spec, hardware, self.ref)
         self.dtype_bytes = DTYPE_BYTES[self.dtype]
         self.batch, self.seq = max(batch_size, 1), max(seq_len, 1)
         self.model = model if model is not None else build_meta_model(

@@ -44,3 +44,19 @@ def test_should_stop_takes_no_new_prompts_and_finishes_rows_in_flight(tiny):
         seen.append((key, out))
     assert 1 <= len(seen) <= 2  # the two rows in flight, none started after the stop
     assert all(out.new_tokens == 9 or out.stopped_by != "max_new_tokens" for _, out in seen)
+
+
+def test_shares_add_up_to_the_generation_time_and_latency_covers_each_share(tiny):
+    import time
+
+    model, tok, prompts = tiny
+    start = time.perf_counter()
+    outs = dict(generation.generate_continuous(model, tok, prompts, batch_size=3, chunk_tokens=4, max_new_tokens=9))
+    total = time.perf_counter() - start
+    shares = [o.share_seconds for o in outs.values()]
+    assert all(s > 0 for s in shares)
+    assert 0.5 * total < sum(shares) <= total  # the rest is tokenizing and bookkeeping between chunks
+    for o in outs.values():
+        assert o.share_seconds <= o.seconds <= total  # an answer waits at least its own share
+    # rows that overlapped: their latencies add up to more than the time spent
+    assert sum(o.seconds for o in outs.values()) > sum(shares)

@@ -286,7 +286,8 @@ def _write_gguf(folder: Path) -> Path:
 
 def test_gguf_file_plans_from_its_metadata(tmp_path):
     path = _write_gguf(tmp_path / "gguf")
-    p = plan_model(ModelSpec(name=str(path)), HardwareReport([], None, None, "", 16 * GB, 12 * GB, assumed=False))
+    p = plan_model(ModelSpec(name=str(path), torch_dtype="bfloat16"),
+                   HardwareReport([], None, None, "", 16 * GB, 12 * GB, assumed=False))
     assert p.model.kind == "gguf" and p.model_type == "llama" and p.num_layers == 3
     assert p.kv_bytes_per_token == 2 * 3 * 2 * 16 * 2
     assert p.checkpoint_bytes == path.stat().st_size
@@ -347,3 +348,14 @@ def test_decode_estimate_uses_each_gpus_memory_bandwidth():
     ratio = h100.estimates["seconds_per_token_floor"] / h200.estimates["seconds_per_token_floor"]
     assert ratio == pytest.approx(4.8 / 3.35, rel=0.02)
     assert any("H200 class" in n for n in h200.notes)
+
+
+def test_auto_dtype_is_the_catalogs_for_embedded_models_else_the_machines():
+    from routerllm_cli.plan import compute_dtype
+
+    two_gpus, cpu_only = machine("2x80GB", "200GB"), machine(None, "200GB")
+    assert compute_dtype(ModelSpec(name="llama3_405b"), two_gpus, resolve_model("llama3_405b")) == "bfloat16"
+    assert compute_dtype(ModelSpec(name="llama3_405b"), cpu_only, resolve_model("llama3_405b")) == "float32"
+    smol = resolve_model("smollm2_135m")
+    assert compute_dtype(ModelSpec(name="smollm2_135m"), two_gpus, smol) == "float32"
+    assert compute_dtype(ModelSpec(name="smollm2_135m", torch_dtype="bfloat16"), two_gpus, smol) == "bfloat16"

