@@ -67,6 +67,10 @@ class ComparePipeline:
         self.stop = stop or StopSignal()
         self.emit = on_event or (lambda kind, data: None)
         self.runs: dict[str, ModelRun] = {}
+        # Problems each model will be asked for anyway (the direct large model, each pool model alone): the first
+        # time a model runs it answers all of them, so it is loaded once, not again for the rest.
+        self.wanted: dict[str, list[str]] = {}
+        self.loads: dict[str, int] = {}
         self.pool = list(settings.models.router.pool)
         if policy == "oracle" and settings.bench.skip_execution:
             raise ConfigError("the oracle router needs hidden-test verdicts, and execution is off",
@@ -79,12 +83,16 @@ class ComparePipeline:
         """Make sure `spec` has answered `task_ids` (generating only what is missing) and return its answers."""
         run_dir = self.out_dir / "models" / spec.name.replace("/", "__")
         have = self.runs.get(spec.name)
-        missing = [t for t in task_ids if have is None or t not in have.answers]
+        asked = set(task_ids)
+        ids = list(task_ids) + [t for t in self.wanted.get(spec.name, ()) if t not in asked]
+        missing = [t for t in ids if have is None or t not in have.answers]
         if have is not None and not missing:
             return have
         self.emit("model", {"model": spec.name, "tasks": len(missing)})
-        run = run_bench(self.settings, spec=spec, run_dir=run_dir, task_ids=task_ids, stop=self.stop,
+        run = run_bench(self.settings, spec=spec, run_dir=run_dir, task_ids=ids, stop=self.stop,
                         on_event=self.emit)
+        if run.load_seconds > 0:
+            self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         mr = ModelRun(spec, run, _index(run))
         energy = run.summary.get("energy") or {}
         # the run's energy covers every answer in its folder, over all sessions (summaries accumulate on resume)
@@ -227,6 +235,9 @@ def run_compare(settings: Settings, out_dir: Path, *, policy: str | None = None,
     pipe = ComparePipeline(settings, out_dir, policy=policy, use_large_model=use_large_model, stop=stop,
                            on_event=on_event)
     systems: list[dict[str, Any]] = []
+    all_ids = [p["task_id"] for p in problems]
+    for spec in [settings.large] if use_large_model else pipe.pool:
+        pipe.wanted[spec.name] = all_ids
     answers, breakdown, extras = pipe.route(problems)
     systems.append(pipe.metrics(f"RouterLLM ({policy})", "router", answers, problems, breakdown, extras))
     if use_large_model:
@@ -247,5 +258,6 @@ def run_compare(settings: Settings, out_dir: Path, *, policy: str | None = None,
     return {"systems": systems, "rows": report.rows, "notes": report.notes, "out_dir": str(out_dir),
             "files": {"json": str(report.json_path), "markdown": str(report.md_path), "chart": str(report.png_path)},
             "models": {n: {"run_dir": str(mr.run.run_dir), "load_seconds": mr.run.load_seconds,
+                           "loads": pipe.loads.get(n, 0),
                            "generation_seconds": mr.run.summary.get("generation_seconds")}
                        for n, mr in pipe.runs.items()}}
