@@ -713,8 +713,9 @@ def _offload_folder(plan: "DevicePlan", spec: "ModelSpec") -> Path | None:
     return Path(spec.offload_folder).expanduser()
 
 
-def load_tokenizer(ref: Any, spec: "ModelSpec", *, token: str | None = None) -> Any:
-    """The model's tokenizer, left-padded for batched generation, with a pad token (EOS when it has none)."""
+def load_tokenizer(ref: Any, spec: "ModelSpec", *, token: str | None = None, notes: list[str] | None = None) -> Any:
+    """The model's tokenizer, left-padded for batched generation, with a pad token (EOS when it has none). What
+    had to be corrected to match a GGUF file goes to `notes`."""
     from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = dict(cache_dir=hf_cache_dir(), local_files_only=hf_offline(),
@@ -731,7 +732,9 @@ def load_tokenizer(ref: Any, spec: "ModelSpec", *, token: str | None = None) -> 
                               fix="save the tokenizer next to the weights (tokenizer.save_pretrained(dir))") from None
         raise
     if ref.gguf_file and Path(ref.source, ref.gguf_file).is_file():
-        check_gguf_tokenizer(tok, Path(ref.source, ref.gguf_file))
+        changed = check_gguf_tokenizer(tok, Path(ref.source, ref.gguf_file))
+        if notes is not None:
+            notes.extend(changed)
     tok.padding_side = "left"  # decoder-only batches must end where generation starts
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
@@ -910,7 +913,7 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
             ckpt = locate_checkpoint(plan.model, token)
             emit("checkpoint", bytes_total=ckpt.total_bytes, shards_total=len(ckpt.files) or None,
                  message=str(ckpt.folder or plan.model.source))
-            tokenizer = load_tokenizer(plan.model, spec, token=token)
+            tokenizer = load_tokenizer(plan.model, spec, token=token, notes=notes)
             emit("tokenizer", message=type(tokenizer).__name__)
             prefetcher = plan_prefetch(ckpt, plan)
             watcher = _WeightsProgress(ckpt, emit if progress is not None else None, prefetcher)
