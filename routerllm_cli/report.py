@@ -193,11 +193,25 @@ def write_comparison(systems: Sequence[Mapping[str, Any]], out_dir: str | Path, 
     return ComparisonReport(rows=rows, json_path=json_path, md_path=md_path, png_path=png_path, notes=notes)
 
 
-def rich_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUMNS, title: str | None = None) -> Any:
-    """A rich Table of `comparison_rows` output, for the CLI to print."""
+# Below this many columns the side-by-side table cannot show its ten columns without cutting every cell.
+WIDE_TABLE_MIN_WIDTH = 150
+
+
+def rich_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUMNS, title: str | None = None,
+               width: int | None = None) -> Any:
+    """A rich Table of `comparison_rows` output, for the CLI to print: one row per system on a wide terminal;
+    on a narrower one (`width` below WIDE_TABLE_MIN_WIDTH, e.g. an 80-column tmux pane) one column per system
+    and one row per metric, so no number is cut."""
     from rich.table import Table
 
     table = Table(title=title)
+    if width is not None and width < WIDE_TABLE_MIN_WIDTH and rows:
+        table.add_column(columns[0], style="bold", no_wrap=True)
+        for row in rows:
+            table.add_column(row[0], justify="right", overflow="fold")
+        for i, metric in enumerate(columns[1:], start=1):
+            table.add_row(metric, *(row[i] for row in rows))
+        return table
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i in (0, 2, len(columns) - 1) else "right")
     for row in rows:

@@ -82,3 +82,19 @@ def test_rich_table_renders_every_system():
     for s in SYSTEMS:
         assert s["name"] in text
     assert "$22.41" in text
+
+
+def test_rich_table_in_an_80_column_pane_cuts_no_cell():
+    from rich.console import Console
+
+    rows = comparison_rows(SYSTEMS)
+    console = Console(record=True, width=80)
+    console.print(rich_table(rows, title="compare", width=console.width))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for row in rows:  # every value but the wrapped routing text stands whole on one line
+        for cell in row[1:-1]:
+            assert cell in text, cell
+    wide = Console(record=True, width=80)
+    wide.print(rich_table(rows, title="compare"))  # the side-by-side layout is what cut the cells
+    assert "…" in wide.export_text()

@@ -67,7 +67,7 @@ def _compare(config, num_examples, router, use_large_model, skip_execution, max_
     def render(console) -> None:
         from routerllm_cli.report import rich_table
 
-        console.print(rich_table(result["rows"], title="RouterLLM vs the field"))
+        console.print(rich_table(result["rows"], title="RouterLLM vs the field", width=console.width))
         for note in result["notes"]:
             console.print(f"[dim]{note}[/]")
         for name, m in result["models"].items():
