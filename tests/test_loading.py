@@ -171,9 +171,9 @@ def test_load_failures_become_one_line_fixes(tiny_llama_dir):
 
 def test_read_ahead_reads_every_shard_and_keeps_tokens(tiny_llama_dir, monkeypatch):
     """A converting load (fp32 checkpoint, bf16 plan) with read-ahead gives the tokens of one without it."""
-    import routerllm_cli.loading as loading
+    from routerllm_cli.loading import checkpoint
 
-    monkeypatch.setattr(loading, "PREFETCH_MIN_BYTES", 0)  # the tiny checkpoint is far below the real threshold
+    monkeypatch.setattr(checkpoint, "PREFETCH_MIN_BYTES", 0)  # the tiny checkpoint is far below the real threshold
     monkeypatch.setenv("ROUTERLLM_PREFETCH", "1")  # on by default only when the plan has GPUs
     plan = make_plan(tiny_llama_dir, {"": "cpu"}, dtype="bfloat16")
     spec = ModelSpec(name="tiny", torch_dtype="bfloat16")
