@@ -1,0 +1,141 @@
+"""Placement: accelerate's infer_auto_device_map step for step, with a size table per device kind."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable
+
+from routerllm_cli.plan.types import Device
+
+
+# --- placement: accelerate's infer_auto_device_map with a size table per device kind ------------------------------
+
+
+def place_modules(model, max_memory: dict[Device, int], no_split: list[str],
+                  sizes_for: Callable[[Device], dict[str, int]], *, largest_layer_room: bool = True) -> dict[str, Device]:
+    """accelerate's `infer_auto_device_map` (1.x, without fallback_allocation), except that a module's size is
+    looked up in `sizes_for(device)`. accelerate always keeps room for the largest layer on the first GPU and the
+    CPU (where offloaded layers are staged), sized here in host format; `largest_layer_room=False` drops that
+    room for callers that reserve staging buffers themselves, only where offload happens."""
+    import torch
+    from accelerate.utils import find_tied_parameters
+    from accelerate.utils.modeling import clean_device_map, get_max_layer_size, get_module_size_with_ties
+
+    devices: list[Device] = list(max_memory)
+    if "disk" not in devices:
+        devices.append("disk")
+    gpus = [d for d in devices if d not in ("cpu", "disk")]
+    main_devices = [gpus[0], "cpu"] if gpus else ["cpu"]
+    host = sizes_for("cpu")
+    tied_parameters = find_tied_parameters(model)
+    todo: list[tuple[str, Any]] = (list(model.named_parameters(recurse=False)) + list(model.named_children())
+                                   + list(model.named_buffers(recurse=False)))
+
+    def max_layer(mods):
+        return get_max_layer_size([(n, m) for n, m in mods if isinstance(m, torch.nn.Module)], host, no_split)
+
+    device_map: dict[str, Device] = OrderedDict()
+    used = {d: 0 for d in devices}
+    current = 0
+    max_layer_size, max_layer_names = get_max_layer_size(todo, host, no_split)
+    while todo:
+        name, module = todo.pop(0)
+        max_layer_names = [n for n in max_layer_names if n != name and not n.startswith(name + ".")]
+        if not max_layer_names:
+            max_layer_size, max_layer_names = max_layer(todo)
+        device = devices[current]
+        sizes = sizes_for(device)
+        module_size = sizes[name]
+        groups = [g for g in tied_parameters
+                  if any(name + "." in k + "." for k in g) and not all(name + "." in k + "." for k in g)]
+        tied_params = sum([[p for p in g if name + "." not in p + "."] for g in groups], [])
+        cap = max_memory.get(device) if device != "disk" else None
+        reserved = 0
+        if cap is not None and largest_layer_room and device in main_devices:
+            cap, reserved = cap - max_layer_size, max_layer_size
+        with_ties, tied_names, tied_modules = get_module_size_with_ties(tied_params, module_size, sizes, todo)
+        if cap is None or used[device] + with_ties <= cap:
+            used[device] += with_ties
+            device_map[name] = device
+            for tied_name in tied_names:
+                todo = [(n, m) for n, m in todo if n != tied_name]
+                device_map[tied_name] = device
+            continue
+        if tied_params and used[device] + module_size <= cap:  # split a tied module rather than move on
+            split = False
+            for tied_name, tied_module in zip(tied_names, tied_modules):
+                children = list(tied_module.named_children())
+                if not children or tied_module.__class__.__name__ in no_split:
+                    continue
+                children = [(f"{tied_name}.{n}", v) for n, v in
+                            list(tied_module.named_parameters(recurse=False)) + children]
+                idx = [i for i, (n, _) in enumerate(todo) if n == tied_name][0]
+                todo = [(name, module)] + todo[:idx] + children + todo[idx + 1:]
+                max_layer_size, max_layer_names = max_layer(todo)
+                split = True
+                break
+            if split:
+                continue
+        if used[device] + module_size >= cap:
+            children = [] if isinstance(module, torch.Tensor) else list(module.named_children())
+            if children and module.__class__.__name__ not in no_split:
+                children = list(module.named_parameters(recurse=False)) + children
+                todo = [(f"{name}.{n}", v) for n, v in children] + todo
+                max_layer_size, max_layer_names = max_layer(todo)
+                continue
+        used[device] += reserved
+        current += 1
+        todo = [(name, module)] + todo
+    return clean_device_map(device_map)
+
+
+def _has_parameters(model, name: str) -> bool:
+    if not name:
+        return True
+    try:
+        return any(True for _ in model.get_submodule(name).parameters())
+    except AttributeError:  # a parameter or buffer name rather than a module
+        return True
+
+
+def weightless_to_first_gpu(model, device_map: dict[str, Device]) -> dict[str, Device]:
+    """Modules without parameters (a rotary table: buffers computed from the config) go to the first GPU. accelerate
+    lists them after the layers, so a map that spills puts them on the CPU, where every step would stage them
+    through the offload path before the first layer runs; on the GPU they cost a few kilobytes."""
+    gpus = [d for d in device_map.values() if isinstance(d, int)]
+    if not gpus:
+        return device_map
+    first = min(gpus)
+    out = dict(device_map)
+    for name, dev in device_map.items():
+        if dev in ("cpu", "disk") and name:
+            module = model.get_submodule(name)
+            if not any(True for _ in module.parameters()):
+                out[name] = first
+    return out
+
+
+def key_of(name: str, device_map: dict[str, Device]) -> str | None:
+    """The device-map entry that places `name`: its longest matching prefix."""
+    best: str | None = None
+    for key in device_map:
+        if (key == "" or name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
+            best = key
+    return best
+
+
+def device_of(name: str, device_map: dict[str, Device]) -> Device | None:
+    """The device of a tensor or module name under a (cleaned) device map."""
+    key = key_of(name, device_map)
+    return None if key is None else device_map[key]
+
+
+def _balanced(budgets: dict[Device, int], gpu_total: int, buffer: int) -> dict[Device, int]:
+    """transformers' device_map="auto"/"balanced" (accelerate's get_balanced_memory, low_zero off): cap every GPU
+    but the last at an even share plus a buffer, so two GPUs share layers (and KV cache) instead of the first
+    filling up."""
+    gpus = [d for d, b in budgets.items() if isinstance(d, int) and b > 0]
+    if len(gpus) < 2:
+        return dict(budgets)
+    per_gpu = gpu_total // len(gpus) + buffer
+    return {d: (min(b, per_gpu) if d in gpus[:-1] else b) for d, b in budgets.items()}
