@@ -21,20 +21,16 @@ On a CPU execution device the same logic runs with no streams: events are no-ops
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from routerllm_cli.errors import ConfigError, RunFailed
 from routerllm_cli.units import format_bytes
+from routerllm_cli.offload.sources import Entry, Source, Unit, offload_hooks, source_from_weights_map, strip_hook
+from routerllm_cli.offload.staging import DiskStreamer, Reader, Staging, view_of
 
 _ALIGN = 256  # byte alignment of every tensor in a flat buffer: any dtype view and vectorised kernel is happy
-_READ_CHUNK = 32 * 2**20
 _RING_DEPTH = 2
-_READ_THREADS = 8
 _OFFLOADED = ("cpu", "disk")
 
 
@@ -64,298 +60,6 @@ class OffloadStats:
         return self.disk_read_bytes / self.disk_read_seconds if self.disk_read_seconds > 0 else 0.0
 
 
-# ----------------------------------------------------------------------------------------------- sources
-@dataclass
-class _Source:
-    """Where one tensor's bytes come from: a tensor, a file region or a getter (none once they are in our buffer)."""
-
-    tensor: Any = None
-    path: str | None = None
-    file_offset: int = 0
-    getter: Callable[[], Any] | None = None
-    owner: tuple[dict, str] | None = None  # an Accelerate state_dict slot to point at our copy afterwards
-    from_module: bool = False  # the module's own CPU tensor (no Accelerate offload hook)
-
-    @property
-    def is_file(self) -> bool:
-        return self.path is not None
-
-
-@dataclass
-class _Entry:
-    module: Any
-    name: str
-    is_param: bool
-    shape: tuple
-    dtype: Any
-    offset: int = 0
-    nbytes: int = 0
-    source: _Source | None = None
-    placeholder: Any = None
-
-
-@dataclass
-class _Unit:
-    index: int
-    name: str
-    module: Any
-    device: Any
-    disk: bool
-    entries: list[_Entry] = field(default_factory=list)
-    nbytes: int = 0
-    host: Any = None  # resident flat host buffer, or None when streamed
-    pinned: bool = False
-    saved_hooks: list = field(default_factory=list)
-    swapped: list = field(default_factory=list)  # (parent, child name, original module) for NF4 swaps
-    handles: list = field(default_factory=list)
-    bindings: dict = field(default_factory=dict)  # slot -> [(dict, name, tensor)]
-    slot: int | None = None  # staging slot bound during this unit's forward
-
-
-_ST_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}  # fmt: skip
-
-
-def _safetensors_header(path: str, cache: dict) -> tuple[int, dict]:
-    import json
-    import struct
-
-    if path not in cache:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            cache[path] = (8 + n, json.loads(f.read(n)))
-    return cache[path]
-
-
-def _source_from_weights_map(wm: Any, key: str, entry: _Entry, headers: dict) -> _Source:
-    """Resolve an Accelerate weights_map lookup to a file region when the bytes on disk are the bytes we need."""
-    from accelerate.utils.offload import OffloadedWeightsLoader, PrefixedDataset
-
-    ds, full = wm, key
-    while isinstance(ds, PrefixedDataset):
-        ds, full = ds.dataset, ds.prefix + full
-    dtype_name = str(entry.dtype).removeprefix("torch.")
-    if isinstance(ds, OffloadedWeightsLoader):
-        if full in ds.state_dict:
-            return _Source(tensor=ds.state_dict[full], owner=(ds.state_dict, full))
-        info = ds.index.get(full)
-        if info is not None and info.get("safetensors_file"):
-            base, header = _safetensors_header(info["safetensors_file"], headers)
-            meta = header.get(info.get("weight_name", full))
-            if (
-                meta is not None
-                and _ST_DTYPES.get(meta["dtype"]) == dtype_name
-                and tuple(meta["shape"]) == tuple(entry.shape)
-            ):
-                return _Source(path=info["safetensors_file"], file_offset=base + meta["data_offsets"][0])
-        elif info is not None and ds.save_folder is not None:
-            path = os.path.join(ds.save_folder, f"{full}.dat")
-            # accelerate stores bf16 as int16 and fp8 as int8: same bytes, so the raw file is the tensor
-            if info.get("dtype") == dtype_name and tuple(info.get("shape", ())) == tuple(entry.shape):
-                return _Source(path=path, file_offset=0)
-    elif isinstance(ds, dict) and full in ds:
-        return _Source(tensor=ds[full], owner=(ds, full))
-    return _Source(getter=lambda wm=wm, key=key: wm[key])
-
-
-def _offload_hooks(module: Any) -> list:  # the AlignDevicesHooks on a module, unwrapping SequentialHook
-    hook = getattr(module, "_hf_hook", None)
-    if hook is None:
-        return []
-    return list(getattr(hook, "hooks", [hook]))
-
-
-def _strip_hook(module: Any) -> Any:
-    """Remove Accelerate's hook WITHOUT its detach_hook, which would read every offloaded weight back into RAM."""
-    hook = module.__dict__.pop("_hf_hook", None)
-    if hasattr(module, "_old_forward"):
-        if "GraphModuleImpl" in str(type(module)):
-            module.__class__.forward = module._old_forward
-        else:
-            module.forward = module._old_forward
-        delattr(module, "_old_forward")
-    return hook
-
-
-# ----------------------------------------------------------------------------------------------- host I/O
-class _Reader:
-    """Reads file regions straight into (pinned) host memory with large parallel preads; counts throughput."""
-
-    def __init__(self, threads: int = _READ_THREADS):
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="routerllm-offload-read")
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self.bytes = 0
-        self.seconds = 0.0
-
-    def _fd(self, path: str) -> int:
-        with self._lock:
-            if path not in self._fds:
-                self._fds[path] = os.open(path, os.O_RDONLY)
-            return self._fds[path]
-
-    @staticmethod
-    def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise RunFailed(f"offload read ended early at byte {offset + done}", fix="check the offload folder")
-            done += n
-
-    def fill(self, entries: list[_Entry], host: Any, *, count_disk: bool) -> None:
-        """Write every entry's bytes into `host` (a flat uint8 CPU tensor) at its offset."""
-        start = time.perf_counter()
-        disk_bytes = 0
-        jobs = []
-        flat = host.numpy()
-        for e in entries:
-            src = e.source
-            if src.is_file:
-                fd = self._fd(src.path)
-                for pos in range(0, e.nbytes, _READ_CHUNK):
-                    n = min(_READ_CHUNK, e.nbytes - pos)
-                    view = memoryview(flat[e.offset + pos : e.offset + pos + n])
-                    jobs.append(self._pool.submit(self._pread_into, fd, view, src.file_offset + pos))
-                disk_bytes += e.nbytes
-            else:
-                value = src.tensor if src.getter is None else src.getter()
-                _view(host, e).copy_(value)
-        for job in jobs:
-            job.result()
-        if count_disk and disk_bytes:
-            self.bytes += disk_bytes
-            self.seconds += time.perf_counter() - start
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-
-def _view(flat: Any, e: _Entry) -> Any:
-    return flat[e.offset : e.offset + e.nbytes].view(e.dtype).view(e.shape)
-
-
-class _DiskStreamer:
-    """Keeps the next streamed units (execution order, cyclic) read ahead into a small ring of host buffers."""
-
-    def __init__(self, units: list[_Unit], ring: list[Any], reader: _Reader):
-        self.units = units
-        self.order = {u.index: i for i, u in enumerate(units)}
-        self.ring = ring
-        self.reader = reader
-        self.held: list[int | None] = [None] * len(ring)  # streamed position held (or being read) per buffer
-        self.ready = [False] * len(ring)
-        self.in_use = [False] * len(ring)
-        self.events: list[Any] = [None] * len(ring)  # copy-done event guarding a buffer's reuse
-        self.head = 0  # position the consumer asked for last
-        self.error: BaseException | None = None
-        self.stop = False
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="routerllm-offload-stream", daemon=True)
-        self.thread.start()
-
-    def _wanted(self) -> list[int]:
-        n = len(self.units)
-        return [(self.head + k) % n for k in range(min(len(self.ring), n))]
-
-    def _pick(self) -> tuple[int, int] | None:
-        wanted = self._wanted()
-        for pos in wanted:
-            if pos in self.held:
-                continue
-            for b in range(len(self.ring)):
-                if not self.in_use[b] and (self.held[b] is None or self.held[b] not in wanted):
-                    return b, pos
-            return None
-        return None
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self.cond:
-                    while not self.stop and (choice := self._pick()) is None:
-                        self.cond.wait()
-                    if self.stop:
-                        return
-                    b, pos = choice
-                    self.held[b], self.ready[b] = pos, False
-                    event, self.events[b] = self.events[b], None
-                if event is not None:
-                    event.synchronize()  # the last copy out of this buffer must finish before we overwrite it
-                self.reader.fill(self.units[pos].entries, self.ring[b], count_disk=True)
-                with self.cond:
-                    self.ready[b] = True
-                    self.cond.notify_all()
-        except BaseException as exc:  # surfaced to the forward that waits for the data
-            with self.cond:
-                self.error = exc
-                self.cond.notify_all()
-
-    def acquire(self, unit: _Unit) -> tuple[int, Any]:
-        pos = self.order[unit.index]
-        with self.cond:
-            self.head = pos
-            self.cond.notify_all()
-            while True:
-                if self.error is not None:
-                    raise RunFailed(f"reading offloaded layer {unit.name} failed: {self.error}") from self.error
-                for b, held in enumerate(self.held):
-                    if held == pos and self.ready[b]:
-                        self.in_use[b] = True
-                        return b, self.ring[b]
-                self.cond.wait()
-
-    def release(self, b: int, event: Any) -> None:
-        with self.cond:
-            self.in_use[b] = False
-            self.events[b] = event
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        with self.cond:
-            self.stop = True
-            self.cond.notify_all()
-        self.thread.join()
-
-
-# ----------------------------------------------------------------------------------------------- staging
-class _Staging:
-    """Two flat staging buffers on one execution device, a copy stream, and the events that order them."""
-
-    def __init__(self, device: Any, nbytes: int):
-        import torch
-
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.bufs = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
-        self.holder: list[int | None] = [None, None]
-        self.loaded_at = [0, 0]
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.ready = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
-        self.free = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
-
-    def slot_of(self, unit: _Unit) -> int | None:
-        for s, held in enumerate(self.holder):
-            if held == unit.index:
-                return s
-        return None
-
-    def victim(self, protect: set[int]) -> int | None:
-        """The least recently loaded slot not holding a unit about to run; None when both do."""
-        candidates = [s for s in (0, 1) if self.holder[s] is None or self.holder[s] not in protect]
-        return min(candidates, key=lambda s: self.loaded_at[s]) if candidates else None
-
-    def compute_stream(self) -> Any:
-        import torch
-
-        return torch.cuda.current_stream(self.device) if self.cuda else None
-
-
 # ----------------------------------------------------------------------------------------------- engine
 class OffloadEngine:
     """Takes over the modules `device_map` puts on "cpu"/"disk" and runs them from pinned, prefetched copies.
@@ -383,10 +87,10 @@ class OffloadEngine:
         self.pin_budget_bytes = pin_budget_bytes
         self.keep_4bit = keep_4bit
         self.compress_statistics = compress_statistics
-        self.units: list[_Unit] = []
-        self.staging: dict[Any, _Staging] = {}
-        self.streamer: _DiskStreamer | None = None
-        self.reader: _Reader | None = None
+        self.units: list[Unit] = []
+        self.staging: dict[Any, Staging] = {}
+        self.streamer: DiskStreamer | None = None
+        self.reader: Reader | None = None
         self.ring: list[Any] = []
         self.ring_pinned = False
         self.pageable_reasons: list[str] = []
@@ -434,7 +138,7 @@ class OffloadEngine:
                 continue
             exec_dev = self.execution_device if self.execution_device is not None else previous
             exec_dev = self._device("cpu" if exec_dev is None else exec_dev)
-            self.units.append(_Unit(index=len(self.units), name=name, module=module, device=exec_dev,
+            self.units.append(Unit(index=len(self.units), name=name, module=module, device=exec_dev,
                                     disk=dev == "disk"))  # fmt: skip
 
     def _shared_param_ids(self) -> set[int]:
@@ -445,7 +149,7 @@ class OffloadEngine:
             owners.setdefault(id(p), set()).add(unit or "")
         return {pid for pid, units in owners.items() if len(units) > 1}
 
-    def _collect(self, unit: _Unit, headers: dict) -> None:
+    def _collect(self, unit: Unit, headers: dict) -> None:
         """Find where each tensor of the unit lives (module, Accelerate weights_map or file) and strip hooks."""
         import torch
 
@@ -462,7 +166,7 @@ class OffloadEngine:
             for depth in range(len(parts), -1, -1):
                 anc_rel = ".".join(parts[:depth])
                 anc = unit.module.get_submodule(anc_rel) if anc_rel else unit.module
-                for hook in _offload_hooks(anc):
+                for hook in offload_hooks(anc):
                     wm = getattr(hook, "weights_map", None)
                     if getattr(hook, "offload", False) and wm is not None:
                         if depth == len(parts) or getattr(hook, "place_submodules", False):
@@ -476,20 +180,20 @@ class OffloadEngine:
                 for local, t in store.items():
                     if t is None:
                         continue
-                    e = _Entry(sub, local, kind == "param", tuple(t.shape), t.dtype)
+                    e = Entry(sub, local, kind == "param", tuple(t.shape), t.dtype)
                     if t.device.type != "meta":
                         if kind == "buffer":
                             # buffers are small and Accelerate keeps them on the execution device already
                             store[local] = t.to(unit.device)
                             continue
-                        e.source = _Source(tensor=t.detach(), from_module=True)
+                        e.source = Source(tensor=t.detach(), from_module=True)
                     else:
                         found = weights_map_for(rel, local)
                         if found is None:
                             where = f"{unit.name}.{rel}.{local}" if rel else f"{unit.name}.{local}"
                             raise RunFailed(f"no weights found for offloaded tensor {where}",
                                             fix="load the model with the device map and offload folder it was planned with")  # fmt: skip
-                        e.source = _source_from_weights_map(found[0], found[1], e, headers)
+                        e.source = source_from_weights_map(found[0], found[1], e, headers)
                     e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
                     if e.is_param:
                         e.placeholder = torch.nn.Parameter(e.placeholder, requires_grad=False)
@@ -497,10 +201,10 @@ class OffloadEngine:
         if not unit.entries:  # only buffers (rotary tables): Accelerate already keeps them on the device
             return
         for sub, hook in hooks:
-            _strip_hook(sub)
+            strip_hook(sub)
             unit.saved_hooks.append((sub, hook))
 
-    def _pack_4bit(self, unit: _Unit) -> None:
+    def _pack_4bit(self, unit: Unit) -> None:
         """Swap each plain linear of the unit for an NF4Linear whose packed tensors become flat-buffer entries."""
         import torch
 
@@ -534,7 +238,7 @@ class OffloadEngine:
             if bias_entry is not None:
                 bias_entry.module = nf4
             for name, t in packed.items():
-                e = _Entry(nf4, name, False, tuple(t.shape), t.dtype, source=_Source(tensor=t))
+                e = Entry(nf4, name, False, tuple(t.shape), t.dtype, source=Source(tensor=t))
                 e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
                 unit.entries.append(e)
 
@@ -550,7 +254,7 @@ class OffloadEngine:
         return skip
 
     @staticmethod
-    def _layout(unit: _Unit) -> None:
+    def _layout(unit: Unit) -> None:
         offset = 0
         for e in unit.entries:
             e.offset = offset
@@ -614,9 +318,9 @@ class OffloadEngine:
                     self._note_pageable(reason)
             elif can_pin:
                 self._note_pageable(over_budget)
-            self.streamer = _DiskStreamer(streamed, self.ring, self.reader)
+            self.streamer = DiskStreamer(streamed, self.ring, self.reader)
 
-    def _materialise(self, unit: _Unit, *, pin: bool) -> None:
+    def _materialise(self, unit: Unit, *, pin: bool) -> None:
         import torch
 
         unit.host = torch.empty(unit.nbytes, dtype=torch.uint8)
@@ -632,14 +336,14 @@ class OffloadEngine:
         if reason not in self.pageable_reasons:
             self.pageable_reasons.append(reason)
 
-    def _adopt(self, unit: _Unit) -> None:
+    def _adopt(self, unit: Unit) -> None:
         """Point Accelerate's RAM copies at our buffer (frees the duplicate) and drop references to the originals."""
         for e in unit.entries:
             src = e.source
             if src.owner is not None:  # a raw copy (NF4-packed entries have no owner)
                 store, key = src.owner
-                store[key] = _view(unit.host, e)
-            e.source = _Source(tensor=None, from_module=src.from_module)
+                store[key] = view_of(unit.host, e)
+            e.source = Source(tensor=None, from_module=src.from_module)
 
     # ------------------------------------------------------------------ attach / detach
     def attach(self) -> "OffloadEngine":
@@ -648,7 +352,7 @@ class OffloadEngine:
         if self.attached or getattr(self.model, "_routerllm_offload_engine", None) is not None:
             raise ConfigError("an offload engine is already attached to this model", fix="detach() it first")
         self._plan_units()
-        self.reader = _Reader()
+        self.reader = Reader()
         headers: dict = {}
         try:
             for unit in self.units:
@@ -663,7 +367,7 @@ class OffloadEngine:
             sizes: dict[Any, int] = {}
             for unit in self.units:
                 sizes[unit.device] = max(sizes.get(unit.device, 0), unit.nbytes)
-            self.staging = {dev: _Staging(dev, n) for dev, n in sizes.items()}
+            self.staging = {dev: Staging(dev, n) for dev, n in sizes.items()}
             for unit in self.units:
                 self._unbind(unit)
                 unit.handles.append(unit.module.register_forward_pre_hook(
@@ -695,7 +399,7 @@ class OffloadEngine:
         self.attached = False
         self.model.__dict__.pop("_routerllm_offload_engine", None)
 
-    def _give_back(self, unit: _Unit) -> None:
+    def _give_back(self, unit: Unit) -> None:
         """Undo what attach did to one unit, however far it got."""
         import torch
         from accelerate.hooks import add_hook_to_module
@@ -713,7 +417,7 @@ class OffloadEngine:
             if hooked and e.source.from_module and unit.host is not None and not _is_nf4(e.module):
                 # the module's own tensor was freed for our copy: hand it back as a view of that copy
                 store = e.module._parameters if e.is_param else e.module._buffers
-                value = _view(unit.host, e)
+                value = view_of(unit.host, e)
                 store[e.name] = torch.nn.Parameter(value, requires_grad=False) if e.is_param else value
         for sub, hook in unit.saved_hooks:
             add_hook_to_module(sub, hook)
@@ -741,14 +445,14 @@ class OffloadEngine:
         self.ring = []
 
     # ------------------------------------------------------------------ forward path
-    def _bindings(self, unit: _Unit, slot: int) -> list:
+    def _bindings(self, unit: Unit, slot: int) -> list:
         import torch
 
         if slot not in unit.bindings:
             buf = self.staging[unit.device].bufs[slot]
             out = []
             for e in unit.entries:
-                view = _view(buf, e)
+                view = view_of(buf, e)
                 if e.is_param:
                     out.append((e.module._parameters, e.name, torch.nn.Parameter(view, requires_grad=False)))
                 else:
@@ -756,12 +460,12 @@ class OffloadEngine:
             unit.bindings[slot] = out
         return unit.bindings[slot]
 
-    def _unbind(self, unit: _Unit) -> None:
+    def _unbind(self, unit: Unit) -> None:
         for e in unit.entries:
             (e.module._parameters if e.is_param else e.module._buffers)[e.name] = e.placeholder
         unit.slot = None
 
-    def _load(self, unit: _Unit, st: _Staging, slot: int) -> None:
+    def _load(self, unit: Unit, st: Staging, slot: int) -> None:
         import torch
 
         st.holder[slot] = unit.index
@@ -786,7 +490,7 @@ class OffloadEngine:
             self.streamer.release(ring_slot, done)
         self.copied_bytes += unit.nbytes
 
-    def _pre_forward(self, unit: _Unit, args: tuple, kwargs: dict) -> tuple:
+    def _pre_forward(self, unit: Unit, args: tuple, kwargs: dict) -> tuple:
         st = self.staging[unit.device]
         slot = st.slot_of(unit)
         if slot is None:
@@ -800,7 +504,7 @@ class OffloadEngine:
         unit.slot = slot
         return _to_device(args, unit.device), _to_device(kwargs, unit.device)
 
-    def _post_forward(self, unit: _Unit) -> None:
+    def _post_forward(self, unit: Unit) -> None:
         if unit.slot is None:
             return
         st = self.staging[unit.device]
@@ -821,7 +525,7 @@ class OffloadEngine:
                     break
                 self._load(nxt, nst, victim)
 
-    def _upcoming(self, unit: _Unit) -> list[_Unit]:
+    def _upcoming(self, unit: Unit) -> list[Unit]:
         n = len(self.units)
         return [self.units[(unit.index + k) % n] for k in (1, 2)]
 
@@ -830,7 +534,7 @@ class OffloadEngine:
         resident = [u for u in self.units if u.host is not None]
         pinned = sum(u.nbytes for u in resident if u.pinned) + (sum(b.numel() for b in self.ring) if self.ring_pinned else 0)
         host = sum(u.nbytes for u in resident) + sum(b.numel() for b in self.ring)
-        per_device: dict[Any, list[_Unit]] = {}
+        per_device: dict[Any, list[Unit]] = {}
         for u in self.units:
             per_device.setdefault(u.device, []).append(u)
         # with at most two units on a device both stay in its staging slots: nothing crosses the bus once warm
@@ -862,15 +566,15 @@ def attach_offload_engine(model: Any, device_map: dict[str, Any], **kw: Any) -> 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _read_entry(e: _Entry, reader: _Reader, *, count_disk: bool) -> Any:
+def _read_entry(e: Entry, reader: Reader, *, count_disk: bool) -> Any:
     import torch
 
     if e.source.tensor is not None:
         return e.source.tensor
     flat = torch.empty(-(-_numel(e.shape) * _itemsize(e.dtype) // _ALIGN) * _ALIGN, dtype=torch.uint8)
-    tmp = _Entry(e.module, e.name, e.is_param, e.shape, e.dtype, 0, _numel(e.shape) * _itemsize(e.dtype), e.source)
+    tmp = Entry(e.module, e.name, e.is_param, e.shape, e.dtype, 0, _numel(e.shape) * _itemsize(e.dtype), e.source)
     reader.fill([tmp], flat, count_disk=count_disk)
-    return _view(flat, tmp)
+    return view_of(flat, tmp)
 
 
 def _clear_cuda_error() -> None:
