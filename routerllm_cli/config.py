@@ -107,8 +107,10 @@ class ModelSpec(_Strict):
 
     @property
     def weight_dtype(self) -> str:
-        """The storage format of most weights: 'nf4', 'int8' or the torch dtype."""
-        return "nf4" if self.use_4bit else "int8" if self.use_8bit else self.torch_dtype
+        """The storage format of most weights: 'nf4', 'int8' or the torch dtype ('auto' counts as bf16, what it
+        is on the GPUs a max_memory budget declares)."""
+        dtype = "bfloat16" if self.torch_dtype == "auto" else self.torch_dtype
+        return "nf4" if self.use_4bit else "int8" if self.use_8bit else dtype
 
     def offload_notes(self) -> list[str]:
         """What the chosen placement means for the operator (shown, never an error)."""
