@@ -141,3 +141,13 @@ def test_heuristic_thresholds_must_match_pool():
 
 def test_pass_at_k_needs_sampling():
     assert "temperature" in _err({"bench": {"samples": 5}})
+
+
+def test_new_model_keys_refuse_bad_values_in_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models:\n  large_llm:\n    cudnn_attention: sometimes\n")
+    line = _err(config=cfg)
+    assert "cudnn_attention" in line
+    assert "torch_dtype" in _err(large(torch_dtype="float8"))
+    ok = load_settings(None, large(cudnn_attention=True, torch_dtype="auto")).large
+    assert ok.cudnn_attention is True and ok.torch_dtype == "auto"
