@@ -21,12 +21,11 @@ PREFETCH_MIN_BYTES = 64 * 2**20  # below this a load is over before read-ahead c
 
 
 def hf_cache_dir() -> str:
-    """The hub cache, read from the environment at call time (HF_HUB_CACHE, else HF_HOME/hub)."""
-    env = os.environ
-    if env.get("HF_HUB_CACHE"):
-        return os.path.expanduser(env["HF_HUB_CACHE"])
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return os.path.join(os.path.expanduser(home), "hub")
+    """The hub cache as a string (what `from_pretrained(cache_dir=...)` takes), read from the environment at call
+    time: `hardware.hf_cache_dir`."""
+    from routerllm_cli.hardware import hf_cache_dir as hub_cache
+
+    return str(hub_cache())
 
 
 def hf_offline() -> bool:
