@@ -133,6 +133,18 @@ def test_shipped_configs_validate():
     assert "cpu" not in load_settings(REPO / "configs" / "four_gpus.yaml").large.max_memory
 
 
+def test_benchmark_configs_validate():
+    """The GPU runs read these; a broken one would only show on a lent machine."""
+    paths = sorted((REPO / "benchmarks").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        s = load_settings(path)
+        assert s.large.name and s.models.router.pool, path.name
+    gpu = load_settings(REPO / "benchmarks" / "gpu_compare.yaml")
+    assert [m.name for m in gpu.models.router.pool] == ["smollm2_135m", "gemma3_270m"]
+    assert gpu.bench.num_examples == 164
+
+
 def test_heuristic_thresholds_must_match_pool():
     line = _err({"models": {"router": {"policy": "heuristic", "thresholds": [0.2, 0.5, 0.7],
                                        "pool": [{"name": "smollm2_135m"}, {"name": "gemma3_270m"}]}}})
