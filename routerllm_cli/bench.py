@@ -145,6 +145,16 @@ def _memory_now(loaded: Any) -> dict[str, int]:
     return out
 
 
+def _peak_memory(prior: dict[str, Any], loaded: Any) -> dict[str, int]:
+    """The run's peak per device over all its sessions: a session that loaded nothing (everything was answered
+    already) keeps what the generating sessions measured."""
+    peak = {k: int(v) for k, v in (prior.get("peak_memory") or {}).items()}
+    if loaded is not None:
+        for k, v in _memory_now(loaded).items():
+            peak[k] = max(peak.get(k, 0), v)
+    return peak
+
+
 def _on_gpu(device: Any) -> bool:
     return "cuda" in str(device)
 
@@ -362,7 +372,7 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
         "throughput": {"problems_per_min": 60 * len(samples) / gen_seconds if gen_seconds else 0.0,
                        "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0},
         "time_to_first_batch_s": first_batch_at, "load_seconds": load_seconds, "generation_seconds": gen_seconds,
-        "peak_memory": _memory_now(loaded) if loaded is not None else {}, "skip_execution": b.skip_execution,
+        "peak_memory": _peak_memory(folder.read_summary() or {}, loaded), "skip_execution": b.skip_execution,
     }
     if not b.skip_execution:
         per_task: dict[str, list[bool]] = {}

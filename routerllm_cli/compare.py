@@ -77,6 +77,11 @@ class ComparePipeline:
                               fix="drop --skip-execution or pick --router cascade|heuristic|random")
         if settings.bench.samples != 1:
             raise ConfigError("compare measures pass@1", fix="set bench.samples to 1 (drop --samples)")
+        # every model must be findable before the first one spends an hour generating
+        from routerllm_cli.catalog import resolve_spec
+
+        for spec in self.pool + ([settings.large] if use_large_model else []):
+            resolve_spec(spec.name, spec.model_id, spec.gguf_file)
 
     # -- running models -------------------------------------------------------------------------------
     def ensure(self, spec: ModelSpec, task_ids: list[str]) -> ModelRun:
@@ -215,7 +220,9 @@ class ComparePipeline:
             "latency_mean_s": statistics.fmean(latencies) if latencies else 0.0,
             "latency_p95_s": p95,
             "wall_s": sum(spent),
-            "load_s": sum(self.runs[m].run.load_seconds for m in models_used),
+            # what loading its models took when they generated (in this or an earlier compare), apart from
+            # generation: cost and energy above cover generation only
+            "load_s": sum(float(self.runs[m].run.summary.get("load_seconds") or 0.0) for m in models_used),
             "kwh": kwh, "co2_g": co2_grams(kwh, e.carbon_intensity_g_per_kwh), "cost_usd": cost,
             "routing": routing or {},
             **({"extras": extras} if extras else {}),
@@ -250,10 +257,14 @@ def run_compare(settings: Settings, out_dir: Path, *, policy: str | None = None,
                                         {spec.name: len(problems)}))
     if use_large_model:  # pool models alone as extra chart points, from answers already generated, when complete
         for spec in pipe.pool:
+            if spec.name == settings.large.name:  # the same answers as the direct row
+                continue
             mr = pipe.runs.get(spec.name)
             if mr and all(p["task_id"] in mr.answers for p in problems):
                 systems.append(pipe.metrics(f"{spec.name} (alone)", "pool model", pipe.single(spec, problems),
                                             problems, {spec.name: len(problems)}))
+    if policy == "oracle":
+        systems[0]["notes"] = [extras.get("label", "upper bound") + "; not a router you can deploy"]
     report = write_comparison(systems, out_dir)
     return {"systems": systems, "rows": report.rows, "notes": report.notes, "out_dir": str(out_dir),
             "files": {"json": str(report.json_path), "markdown": str(report.md_path), "chart": str(report.png_path)},

@@ -2,8 +2,8 @@
 
 Input is one dict per system (the router, the large model, optionally each pool model alone):
     name, accuracy (0..1), accuracy_kind ("pass@1" | "generation success"), latency_mean_s, latency_p95_s,
-    wall_s, kwh, co2_g, cost_usd, routing ({model: problems}), and optionally kind ("router" | "large" |
-    "pool model") for the chart's markers.
+    wall_s, kwh, co2_g, cost_usd, routing ({model: problems}), and optionally load_s, notes (lines for the
+    report) and kind ("router" | "large" | "pool model") for the chart's markers.
 Numbers may be None where they were not measured; they print as "-" and are left off the chart.
 `write_comparison` writes comparison.json, comparison.md and cost_quality.png and returns table rows; the
 CLI renders those rows (`rich_table` builds a rich Table, importing rich only when called).
@@ -23,8 +23,10 @@ from routerllm_cli.errors import RouterLLMError
 REQUIRED_KEYS = ("name", "accuracy", "accuracy_kind", "latency_mean_s", "latency_p95_s", "wall_s", "kwh",
                  "co2_g", "cost_usd")
 ACCURACY_KINDS = ("pass@1", "generation success")
-COLUMNS = ["system", "accuracy", "measured as", "latency mean", "latency p95", "wall", "energy", "CO2",
+COLUMNS = ["system", "accuracy", "measured as", "latency mean", "latency p95", "wall", "load", "energy", "CO2",
            "cost", "routing"]
+BASIS_NOTE = ("Wall, energy, CO2 and cost cover generation (and the cascade's docstring checks); load is the "
+              "time its models took to load, counted once per model.")
 
 MIXED_KINDS_NOTE = ("Accuracy is measured two ways here: pass@1 runs the hidden tests; generation success only "
                     "says an answer was produced. Do not rank one against the other.")
@@ -98,6 +100,7 @@ def comparison_rows(systems: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             format_duration(s["latency_mean_s"]),
             format_duration(s["latency_p95_s"]),
             format_duration(s["wall_s"]),
+            format_duration(s.get("load_s")),
             "-" if kwh is None else f"{kwh:.4g} kWh",
             _fmt(s["co2_g"], ".1f", " g"),
             _fmt(s["cost_usd"], ".2f", prefix="$"),
@@ -107,7 +110,7 @@ def comparison_rows(systems: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 
 def report_notes(systems: Sequence[Mapping[str, Any]]) -> list[str]:
-    notes = []
+    notes = [BASIS_NOTE] if any(s.get("load_s") is not None for s in systems) else []
     if len({s["accuracy_kind"] for s in systems}) > 1:
         notes.append(MIXED_KINDS_NOTE)
     for s in systems:
@@ -193,7 +196,7 @@ def write_comparison(systems: Sequence[Mapping[str, Any]], out_dir: str | Path, 
     return ComparisonReport(rows=rows, json_path=json_path, md_path=md_path, png_path=png_path, notes=notes)
 
 
-# Below this many columns the side-by-side table cannot show its ten columns without cutting every cell.
+# Below this many columns the side-by-side table cannot show its eleven columns without cutting every cell.
 WIDE_TABLE_MIN_WIDTH = 150
 
 

@@ -147,3 +147,6 @@ def test_a_resumed_run_reports_energy_and_time_of_all_its_sessions(tiny_llama_di
     for key in ("generation_seconds", "load_seconds"):
         assert again.summary[key] == pytest.approx(second[key])
     assert again.summary["energy"]["kwh"] == pytest.approx(second["energy"]["kwh"])
+    # and so is the peak memory its generating sessions measured
+    assert second["peak_memory"]["cpu_rss"] >= first["peak_memory"]["cpu_rss"] > 0
+    assert again.summary["peak_memory"] == second["peak_memory"]

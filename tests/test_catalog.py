@@ -49,3 +49,16 @@ def test_bad_model_references_name_the_fix(bad, needle):
 def test_folder_without_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="without config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_missing_gguf_file_in_a_folder_names_the_files_there(tmp_path):
+    (tmp_path / "other.Q4_1.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ConfigError) as info:
+        resolve_model(str(tmp_path), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf does not exist" in str(info.value)
+    assert "other.Q4_1.gguf" in info.value.fix
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as info:
+        resolve_model(str(empty), gguf_file="x.gguf")
+    assert "put the .gguf file in" in info.value.fix

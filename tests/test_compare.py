@@ -60,11 +60,16 @@ def test_every_policy_runs_and_writes_table_json_and_chart(shared):
     assert large["systems"][1]["name"] == "gemma3_270m (direct)"
     assert {n: m["loads"] for n, m in large["models"].items()} == {"smollm2_135m": 1, "gemma3_270m": 1}
     assert all(m["load_seconds"] > 0 for m in large["models"].values())
+    # the large model alone is the direct row; it is not listed twice
+    assert [s["name"] for s in large["systems"]].count("gemma3_270m (alone)") == 0
+    assert "smollm2_135m (alone)" in [s["name"] for s in large["systems"]]
 
     first = run(cfg, out, "--router", "oracle")  # every pool model on every problem: all answered already
     names = [s["name"] for s in first["systems"]]
     assert names[0] == "RouterLLM (oracle)" and "smollm2_135m (alone)" in names and "gemma3_270m (alone)" in names
     assert "upper bound" in first["systems"][0]["extras"]["label"]
+    assert any(n.startswith("RouterLLM (oracle): oracle (upper bound") for n in first["notes"])
+    assert "upper bound" in (out / "comparison.md").read_text()
     oracle = first["systems"][0]
     alone = {s["name"]: s for s in first["systems"][1:]}
     assert oracle["accuracy"] >= max(s["accuracy"] for s in alone.values())  # the ceiling is a ceiling
@@ -78,8 +83,9 @@ def test_every_policy_runs_and_writes_table_json_and_chart(shared):
         assert router["accuracy_kind"] == "pass@1"
         for key in ("latency_mean_s", "latency_p95_s", "kwh", "co2_g", "cost_usd", "load_s"):
             assert router[key] >= 0
-        # every answer already existed: no model was loaded again
+        # every answer already existed: no model was loaded again, and the load the answers took is still shown
         assert all(m["load_seconds"] == 0 for m in res["models"].values()), res["models"]
+        assert router["load_s"] > 0
         if policy == "cascade":
             assert "escalated" in router["extras"]
 
@@ -100,3 +106,20 @@ def test_unknown_policy_is_refused(shared):
     cfg, out = shared
     result = runner.invoke(app, ["compare", "--config", str(cfg), "--router", "smartest"])
     assert result.exit_code == 2 and "heuristic, cascade, random or oracle" in result.stderr
+
+
+def test_a_missing_gguf_file_is_one_line_that_names_the_files_there(tmp_path):
+    folder = tmp_path / "gguf"
+    folder.mkdir()
+    (folder / "other.gguf").write_bytes(b"GGUF")
+    cfg = tmp_path / "c.yaml"
+    # the second pool model is the missing one: compare refuses before the first spends any time
+    cfg.write_text(CONFIG.replace("      - name: gemma3_270m\n",
+                                  f"      - name: gemma3_270m\n        model_id: {folder}\n"
+                                  "        gguf_file: gemma-3-270m-q4_k_m.gguf\n"))
+    result = runner.invoke(app, ["compare", "--config", str(cfg), "--results-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "gemma-3-270m-q4_k_m.gguf does not exist" in lines[0]
+    assert "other.gguf" in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -104,6 +104,13 @@ def resolve_model(ref: str, *, gguf_file: str | None = None) -> ModelRef:
         return ModelRef("gguf", str(path.resolve().parent), path.stem, gguf_file=path.name)
     if path.is_dir():
         if gguf_file:
+            if not (path / gguf_file).is_file():
+                found = sorted(f.name for f in path.glob("*.gguf"))
+                raise ConfigError(
+                    f"{path / gguf_file} does not exist",
+                    fix=(f"set gguf_file to one of {', '.join(found)}" if found
+                         else f"put the .gguf file in {path}, or fix model_id/gguf_file"),
+                )
             return ModelRef("gguf", str(path.resolve()), path.name, gguf_file=gguf_file)
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))
