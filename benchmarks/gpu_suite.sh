@@ -37,6 +37,11 @@ case "${1:-two_gpu}" in
     step plan_vs_actual 90 python3 benchmarks/plan_vs_actual.py
     step gpu_load 200 python3 benchmarks/gpu_load.py --engines accelerate,routerllm --modes bf16,4bit --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12
     ;;
+  three_gpu)  # the setup guide's 3-GPU layout on a 4-GPU machine: GPUs 0-2 in max_memory, GPU 3 left out
+    nvidia-smi --query-gpu=index,memory.used --format=csv > "$LOGS/smi_before.txt"
+    step plan_vs_actual_3gpu 150 python3 benchmarks/plan_vs_actual.py --gpus 3 --gpu-budget 6GB
+    step gpu_load_3gpu 330 python3 benchmarks/gpu_load.py --engines accelerate,routerllm --modes bf16,4bit --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12 --budgets 0=6GiB,1=6GiB,2=6GiB,cpu=100GiB --budgets-4bit 0=2GiB,1=2GiB,2=2GiB,cpu=100GiB
+    ;;
   offload_1gpu)
     step offload 140 python3 benchmarks/offload_decode.py --tag full --batches 1,32 --steps 8 --stock-steps 2
     ;;

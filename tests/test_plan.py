@@ -359,3 +359,17 @@ def test_auto_dtype_is_the_catalogs_for_embedded_models_else_the_machines():
     smol = resolve_model("smollm2_135m")
     assert compute_dtype(ModelSpec(name="smollm2_135m"), two_gpus, smol) == "float32"
     assert compute_dtype(ModelSpec(name="smollm2_135m", torch_dtype="bfloat16"), two_gpus, smol) == "bfloat16"
+
+
+def test_gpus_left_out_of_max_memory_are_not_used():
+    """The setup guide's 3-GPU layout on a 4-GPU machine: as in accelerate, GPU 3 gets nothing."""
+    budgets = {0: 70 * 10**9, 1: 70 * 10**9, 2: 70 * 10**9, "cpu": 200 * 10**9}
+    p = plan("llama3_405b", "4x80GB", "256GB", use_4bit=True, max_memory=budgets)
+    assert set(p.device_map.values()) >= {0, 1, 2} and 3 not in set(p.device_map.values())
+    assert p.devices["3"].weight_bytes == 0 and p.max_memory[3] == 0
+    assert p.devices["cpu"].weight_bytes > 0  # 3 x 70 GB is not enough for 405B in 4-bit: the rest is on the CPU
+    assert any("GPU 3 left unused" in n for n in p.notes)
+    # naming only the CPU leaves every GPU in play
+    q = plan("llama3_405b", "4x80GB", "256GB", use_4bit=True, max_memory={"cpu": 200 * 10**9})
+    assert {0, 1, 2, 3} <= set(q.device_map.values())
+    assert not any("left unused" in n for n in q.notes)

@@ -192,7 +192,11 @@ class _Planner:
         base = {d: CUDA_CONTEXT_BYTES + self.activation_bytes(quantization) for d in gpus}
         base["cpu"] = self.cpu_headroom()
         budgets: dict[Device, int] = {}
+        named_gpus = any(isinstance(d, int) for d in user)
         for d, cap in caps.items():
+            if isinstance(d, int) and named_gpus and d not in user:
+                budgets[d] = 0  # as in accelerate: once max_memory names GPUs, the others are not used
+                continue
             limit = cap - base[d]
             budgets[d] = max(0, min(user[d], limit) if d in user else limit)
         balanced = self.spec.device_map in ("auto", "balanced")
@@ -257,6 +261,10 @@ def plan_model(spec: ModelSpec, hardware: HardwareReport, *, batch_size: int = 1
                      "does not have: ignored")
         user.pop(d)
     disk_budget = user.pop("disk", None)
+    unnamed = [d for d in caps if isinstance(d, int) and d not in user]
+    if unnamed and any(isinstance(d, int) for d in user):
+        notes.append(f"max_memory names GPU {', '.join(str(d) for d in user if isinstance(d, int))} only: "
+                     f"GPU {', '.join(map(str, unnamed))} left unused (add it to max_memory to use it)")
     for d, b in user.items():
         if d in caps and b > caps[d]:
             notes.append(f"max_memory[{d}] = {format_bytes(b)} is more than the {format_bytes(caps[d])} "
