@@ -336,10 +336,12 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
         for row in active:
             row.share += (time.perf_counter() - chunk_start) / len(active)
         still: list[_Row] = []
-        for row, toks, room in zip(active, chunks, remaining):
+        for i, (row, toks, room) in enumerate(zip(active, chunks, remaining)):
             toks = toks[:room]
-            eos_at = next((i for i, t in enumerate(toks) if t in eos_ids), None)
+            eos_at = next((j for j, t in enumerate(toks) if t in eos_ids), None)
             row.gen += toks if eos_at is None else toks[: eos_at + 1]
+            if i in criteria.finished_at:  # a stop hit mid-chunk: the rest of the chunk is padding
+                row.gen = row.gen[:criteria.finished_at[i][0]]
             text = tokenizer.decode(row.gen, skip_special_tokens=True)
             hit = _earliest_stop(text, stops)
             end = stop_when(text) if (hit is None and stop_when is not None) else None

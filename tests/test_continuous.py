@@ -32,6 +32,8 @@ def test_continuous_answers_equal_one_by_one(tiny, stops):
     for key in single:
         assert streamed[key].text == single[key].text, key
         assert streamed[key].stopped_by == single[key].stopped_by, key
+        # tokens up to the stop, not the padding after it to the end of the chunk
+        assert streamed[key].new_tokens == single[key].new_tokens, key
     if stops:  # some rows stopped early and freed their places for later prompts
         assert any(o.stopped_by == "stop_sequence" for o in streamed.values())
 
