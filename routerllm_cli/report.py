@@ -80,6 +80,17 @@ def format_duration(seconds: Any) -> str:
     return f"{hours}h {minutes:02d}m {sec:02d}s" if hours else f"{minutes}m {sec:02d}s"
 
 
+def format_cost(usd: Any) -> str:
+    """Dollars to the cent, and sub-dollar costs (small models, short runs) to a hundredth of a cent so systems
+    that differ are not all "$0.01"."""
+    v = _num(usd)
+    if v is None:
+        return "-"
+    if v >= 1 or v == 0:
+        return f"${v:.2f}"
+    return f"${v:.4f}" if v >= 0.0001 else "<$0.0001"
+
+
 def format_routing(routing: Mapping[str, int] | None) -> str:
     if not routing:
         return "-"
@@ -103,7 +114,7 @@ def comparison_rows(systems: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             format_duration(s.get("load_s")),
             "-" if kwh is None else f"{kwh:.4g} kWh",
             _fmt(s["co2_g"], ".1f", " g"),
-            _fmt(s["cost_usd"], ".2f", prefix="$"),
+            format_cost(s["cost_usd"]),
             format_routing(s.get("routing")),
         ])
     return rows

@@ -98,3 +98,10 @@ def test_rich_table_in_an_80_column_pane_cuts_no_cell():
     wide = Console(record=True, width=80)
     wide.print(rich_table(rows, title="compare"))  # the side-by-side layout is what cut the cells
     assert "…" in wide.export_text()
+
+
+def test_small_costs_keep_their_differences():
+    from routerllm_cli.report import format_cost
+
+    assert [format_cost(v) for v in (22.41, 1.0, 0.0276, 0.0145, 0.00004, 0.0, None)] == [
+        "$22.41", "$1.00", "$0.0276", "$0.0145", "<$0.0001", "$0.00", "-"]
