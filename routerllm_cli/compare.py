@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from routerllm_cli.bench import BenchRun, StopSignal, run_bench
+from routerllm_cli.bench import BenchInterrupted, BenchRun, StopSignal, run_bench
 from routerllm_cli.config import ModelSpec, Settings
 from routerllm_cli.errors import ConfigError
 
@@ -94,8 +94,13 @@ class ComparePipeline:
         if have is not None and not missing:
             return have
         self.emit("model", {"model": spec.name, "tasks": len(missing)})
-        run = run_bench(self.settings, spec=spec, run_dir=run_dir, task_ids=ids, stop=self.stop,
-                        on_event=self.emit)
+        try:
+            run = run_bench(self.settings, spec=spec, run_dir=run_dir, task_ids=ids, stop=self.stop,
+                            on_event=self.emit)
+        except BenchInterrupted as exc:  # the answers so far are saved; the same compare picks them up
+            raise BenchInterrupted(f"compare interrupted while {spec.name} was answering ({exc.message})",
+                                   fix="run the same `routerllm compare` command again (same --results-dir) to "
+                                   "continue; every answer so far is kept") from None
         if run.load_seconds > 0:
             self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         mr = ModelRun(spec, run, _index(run))

@@ -123,3 +123,43 @@ def test_a_missing_gguf_file_is_one_line_that_names_the_files_there(tmp_path):
     assert len(lines) == 1 and "gemma-3-270m-q4_k_m.gguf does not exist" in lines[0]
     assert "other.gguf" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_compare_continues_where_it_stopped(tiny_llama_dir, tmp_path):
+    """Stop after the first answer; the same compare again finishes, keeping every saved line and losing none."""
+    import shutil
+
+    from routerllm_cli.bench import BenchInterrupted, StopSignal
+    from routerllm_cli.compare import run_compare
+    from routerllm_cli.config import load_settings
+
+    other = tmp_path / "tiny-llama-b"
+    shutil.copytree(tiny_llama_dir, other)
+    settings = load_settings(None, {
+        "models": {"large_llm": {"name": "tiny-a", "model_id": str(tiny_llama_dir), "torch_dtype": "float32"},
+                   "router": {"policy": "random", "pool": [
+                       {"name": "tiny-a", "model_id": str(tiny_llama_dir), "torch_dtype": "float32"},
+                       {"name": "tiny-b", "model_id": str(other), "torch_dtype": "float32"}]}},
+        "bench": {"num_examples": 4, "batch_size": 1, "max_new_tokens": 6, "device": "cpu", "skip_execution": True},
+    })
+    out = tmp_path / "cmp"
+    stop = StopSignal()
+
+    def sink(kind, data):
+        if kind == "batch":
+            stop.request()
+
+    with pytest.raises(BenchInterrupted) as info:
+        run_compare(settings, out, stop=stop, on_event=sink)
+    assert info.value.exit_code == 130 and "same `routerllm compare`" in info.value.fix
+    saved = {p.parent.name: p.read_text().splitlines() for p in (out / "models").glob("*/samples.jsonl")}
+    assert sum(len(lines) for lines in saved.values()) == 1  # one answer, then the stop
+
+    result = run_compare(settings, out)
+    assert [s["name"] for s in result["systems"]] == ["RouterLLM (random)", "tiny-a (alone)", "tiny-b (alone)"]
+    for name, lines in saved.items():
+        after = (out / "models" / name / "samples.jsonl").read_text().splitlines()
+        assert after[:len(lines)] == lines  # earlier answers kept as written
+        ids = [json.loads(line)["task_id"] for line in after]
+        assert sorted(ids) == [f"HumanEval/{i}" for i in range(4)]  # none lost, none twice
+    assert sum(result["systems"][0]["routing"].values()) == 4
