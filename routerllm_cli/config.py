@@ -98,19 +98,20 @@ class ModelSpec(_Strict):
         return self
 
     @property
-    def gpu_budgets(self) -> dict[int, int]:
-        return {k: v for k, v in self.max_memory.items() if isinstance(k, int)}
-
-    @property
     def quantization(self) -> Literal["none", "4bit", "8bit"]:
         return "4bit" if self.use_4bit else "8bit" if self.use_8bit else "none"
 
-    @property
-    def weight_dtype(self) -> str:
-        """The storage format of most weights: 'nf4', 'int8' or the torch dtype ('auto' counts as bf16, what it
-        is on the GPUs a max_memory budget declares)."""
-        dtype = "bfloat16" if self.torch_dtype == "auto" else self.torch_dtype
-        return "nf4" if self.use_4bit else "int8" if self.use_8bit else dtype
+    def resolved_dtype(self, *, gpus: bool, catalog_dtype: str | None = None) -> str:
+        """The compute dtype, decided here only: `torch_dtype` as set; for `auto`, the catalog entry's dtype if it
+        names one (float32 for the embedded GGUF models), else bfloat16 with GPUs and float32 without."""
+        if self.torch_dtype != "auto":
+            return self.torch_dtype
+        return catalog_dtype or ("bfloat16" if gpus else "float32")
+
+    def weight_format(self, *, gpus: bool, catalog_dtype: str | None = None) -> str:
+        """The storage format of most weights: 'nf4', 'int8' or the compute dtype."""
+        return "nf4" if self.use_4bit else "int8" if self.use_8bit else self.resolved_dtype(
+            gpus=gpus, catalog_dtype=catalog_dtype)
 
     def offload_notes(self) -> list[str]:
         """What the chosen placement means for the operator (shown, never an error)."""
@@ -257,7 +258,7 @@ def validate_budgets(settings: Settings) -> None:
     for spec in [settings.large, *settings.models.router.pool]:
         entry = CATALOG.get(spec.name.lower().replace("-", "_"))
         if entry is not None:
-            check_fits(spec, entry.params)
+            check_fits(spec, entry.params, catalog_dtype=entry.dtype)
 
 
 def _check_yaml(path: Path) -> None:
@@ -273,19 +274,24 @@ def _check_yaml(path: Path) -> None:
         raise ConfigError(f"{path}: the top level must be a mapping", fix="start the file with keys like models:, bench:")
 
 
-def check_fits(spec: ModelSpec, params: float) -> list[str]:
+def check_fits(spec: ModelSpec, params: float, catalog_dtype: str | None = None) -> list[str]:
     """The 4-bit rule, derived: if the weights cannot fit the declared budgets at the chosen precision but would
     in 4-bit, that is a config error naming `use_4bit: true`. Returns notes; raises ConfigError.
     Only a complete declaration counts: without a `cpu` (or `disk`) entry the planner fills host memory from the
-    hardware, and the plan's verdict, not the config, says whether the model fits."""
+    hardware, and the plan's verdict, not the config, says whether the model fits. 4-bit runs on bitsandbytes' CUDA
+    kernels, so a declaration that names no GPU is never told to use it (the plan's fixes say what would fit)."""
     if not spec.max_memory or spec.use_4bit or not ({"cpu", "disk"} & set(spec.max_memory)):
         return spec.offload_notes()
+    gpus = any(isinstance(k, int) for k in spec.max_memory)
+    if not gpus:
+        return spec.offload_notes()
     total = sum(spec.max_memory.values())
-    need = params * BYTES_PER_PARAM[spec.weight_dtype]
+    fmt = spec.weight_format(gpus=True, catalog_dtype=catalog_dtype)
+    need = params * BYTES_PER_PARAM[fmt]
     need_4bit = params * NF4_BYTES_PER_PARAM
     if need > total and need_4bit <= total:
         raise ConfigError(
-            f"{spec.name}: {format_bytes(need)} of {spec.weight_dtype} weights cannot fit the declared max_memory "
+            f"{spec.name}: {format_bytes(need)} of {fmt} weights cannot fit the declared max_memory "
             f"({format_bytes(total)} in all), but {format_bytes(need_4bit)} in 4-bit would",
             fix="set use_4bit: true",
         )

@@ -62,7 +62,7 @@ class Bandwidths:
 
 @dataclass
 class StepBytes:
-    """What one decode step reads, by where it comes from."""
+    """What one decode step reads and computes, by where it comes from."""
 
     gpu: dict[str, tuple[int, float]]  # device -> (bytes resident there, its bandwidth)
     cpu_bus: int  # offloaded bytes crossing host->device every step
@@ -70,25 +70,38 @@ class StepBytes:
     cpu_compute: int  # bytes the CPU computes with itself (no GPU)
     kv_read: int  # KV cache bytes read per step at the planned batch and an average context
     layers: int
+    flops: float = 0.0  # multiply-adds x 2 of one step: 2 x params x batch
 
 
-def seconds_per_step(sb: StepBytes, bw: Bandwidths, *, engine: str) -> tuple[float, float]:
-    """(estimate, bandwidth floor) for one decode step (one new token for each sequence in the batch)."""
+def seconds_per_step(sb: StepBytes, bw: Bandwidths, *, engine: str, on_gpu: bool = True) -> tuple[float, float]:
+    """(estimate, bandwidth floor) for one decode step (one new token for each sequence in the batch).
+
+    Two paths take time: the transfer of offloaded weights (host->device copies, disk reads) and the compute
+    path (reading GPU-resident weights and the KV cache, the matrix work of the batch, per-layer launch
+    overhead). routerllm's engine prefetches offloaded units on a copy stream, so the two overlap and the slower
+    one sets the step; accelerate's hooks copy synchronously, so they add up."""
     gpu = sum(b / rate for b, rate in sb.gpu.values())
     kv_rate = min((rate for _, rate in sb.gpu.values()), default=bw.cpu_bytes_per_s)
     h2d = bw.h2d_pinned_bytes_per_s if engine == "routerllm" else bw.h2d_stock_bytes_per_s
-    floor = gpu + sb.cpu_bus / h2d + sb.disk / bw.disk_bytes_per_s + sb.cpu_compute / bw.cpu_bytes_per_s
-    floor += sb.kv_read / kv_rate
-    return floor + sb.layers * bw.per_layer_overhead_s, floor
+    transfer = sb.cpu_bus / h2d + sb.disk / bw.disk_bytes_per_s
+    memory = gpu + sb.kv_read / kv_rate + sb.cpu_compute / bw.cpu_bytes_per_s
+    compute = memory + sb.flops / (bw.gpu_flops if on_gpu else bw.cpu_flops) + sb.layers * bw.per_layer_overhead_s
+    if engine == "routerllm":
+        return max(transfer, compute), max(transfer, memory)
+    return transfer + compute, transfer + memory
 
 
 def estimate(sb: StepBytes, bw: Bandwidths, *, engine: str, read_bytes: int, disk_write_bytes: int, params: float,
              batch_size: int, prompt_tokens: int, max_new_tokens: int, num_examples: int,
              on_gpu: bool) -> dict[str, float]:
     """load_seconds, seconds_per_token (one decode step), bench_seconds (generation for all examples, upper
-    bound: every sample runs to max_new_tokens), total_seconds (load + bench)."""
+    bound: every sample runs to max_new_tokens), total_seconds (load + bench).
+
+    The bench runs `num_examples` sequences `batch_size` at a time (continuous batching refills finished rows;
+    in the upper bound every row runs to `max_new_tokens`, so that is ceil(n / batch) rounds). A round's prefill
+    costs at least one pass over the weights and at most its compute."""
     load = read_bytes / bw.disk_bytes_per_s + disk_write_bytes / bw.disk_bytes_per_s
-    step, floor = seconds_per_step(sb, bw, engine=engine)
+    step, floor = seconds_per_step(sb, bw, engine=engine, on_gpu=on_gpu)
     flops = bw.gpu_flops if on_gpu else bw.cpu_flops
     prefill = max(step, 2.0 * params * batch_size * prompt_tokens / flops)
     batches = math.ceil(num_examples / max(batch_size, 1))

@@ -62,3 +62,16 @@ def format_bytes(n: int | float, *, binary: bool = False) -> str:
 
 def format_gb(n: int | float) -> str:
     return f"{n / 1e9:.2f} GB"
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration for people: ms, s, min, h or days, whichever reads best."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"

@@ -33,8 +33,9 @@ def machine(gpus: str | None, cpu: str) -> HardwareReport:
     return assume_hardware(gpus, cpu, base)
 
 
-def plan(name: str, gpus: str | None, cpu: str, **spec):
-    return plan_model(ModelSpec(name=name, **spec), machine(gpus, cpu), seq_len=1408,
+def plan(name: str, gpus: str | None, cpu: str, batch_size: int | None = 1, **spec):
+    """A catalog model planned for `batch_size` sequences of 1408 tokens (None: the planner chooses the batch)."""
+    return plan_model(ModelSpec(name=name, **spec), machine(gpus, cpu), seq_len=1408, batch_size=batch_size,
                       model=meta(name, spec.get("torch_dtype", "bfloat16")))
 
 
@@ -95,21 +96,33 @@ def test_405b_4bit_on_four_80gb_gpus_needs_no_cpu_offload():
     assert covered == list(range(126))
 
 
-def test_405b_4bit_on_two_gpus_spills_and_says_offloaded_layers_load_in_16bit():
+def test_405b_4bit_on_two_gpus_holds_offloaded_layers_packed_under_routerllms_engine():
     p = plan("llama3_405b", "2x80GB", "400GB", use_4bit=True)
     assert p.verdict == "go", p.reasons
     cpu = p.devices["cpu"]
-    assert cpu.layers is not None and "disk" not in p.devices
-    # the CPU holds 16-bit copies of its decoder layers: 2 / 0.5625 = 3.6x their NF4 bytes
-    sizes = model_sizes(meta("llama3_405b"), "4bit")
+    assert cpu.layers is not None and "disk" not in p.devices and p.host_format == "nf4"
+    # quantized while loading: the CPU holds its decoder layers in NF4, as the GPUs do
+    sizes = model_sizes(meta("llama3_405b"), "4bit", host_packed=True)
     layers = [k for k in cpu.modules if k.startswith("model.layers.")]
     assert len(layers) == cpu.layers[1] - cpu.layers[0] + 1
-    ratio = sum(sizes.host[k] for k in layers) / sum(sizes.gpu[k] for k in layers)
-    assert ratio == pytest.approx(2 / NF4_BYTES_PER_PARAM, rel=0.01)
-    assert any("load unquantized" in n for n in p.notes)
+    assert sum(sizes.host[k] for k in layers) == sum(sizes.gpu[k] for k in layers)
+    assert cpu.weight_bytes == sum(sizes.gpu[k] for k in cpu.modules)
+    assert any("quantized to NF4 while loading" in n for n in p.notes)
+    assert cpu.reserve_detail["quantize_staging"] == sizes.largest_linear * 2  # one 16-bit weight at a time
     # the offload engine's double buffer sits on the GPU that runs the offloaded layers: the last one
     staging = p.devices["1"].reserve_detail["offload_staging"]
     assert staging == 2 * max(sizes.gpu[k] for k in cpu.modules)
+
+
+def test_405b_4bit_under_accelerates_hooks_keeps_offloaded_layers_in_16bit():
+    p = plan("llama3_405b", "2x80GB", "400GB", use_4bit=True, offload_engine="accelerate", batch_size=1)
+    cpu = p.devices["cpu"]
+    assert cpu.layers is not None and p.host_format == "16-bit"
+    sizes = model_sizes(meta("llama3_405b"), "4bit")
+    layers = [k for k in cpu.modules if k.startswith("model.layers.")]
+    ratio = sum(sizes.host[k] for k in layers) / sum(sizes.gpu[k] for k in layers)
+    assert ratio == pytest.approx(2 / NF4_BYTES_PER_PARAM, rel=0.01)
+    assert any("load unquantized" in n for n in p.notes)
 
 
 def test_kv_cache_is_reserved_on_the_device_that_runs_each_layer():

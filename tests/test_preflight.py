@@ -48,8 +48,8 @@ def test_405b_on_two_gpus_fp16_is_no_go_exit_1_with_fixes():
     assert data["hardware"]["assumed"] is True
 
 
-def test_405b_4bit_on_four_gpus_is_go_without_cpu_layers():
-    result = run("--model", "llama3_405b", "--4bit", "--assume-gpus", "4x80GB", "--json")
+def test_405b_4bit_on_four_gpus_is_go_without_cpu_layers_at_batch_1():
+    result = run("--model", "llama3_405b", "--4bit", "--assume-gpus", "4x80GB", "--batch-size", "1", "--json")
     assert result.exit_code == 0, result.output
     devices = json.loads(result.stdout)["plan"]["devices"]
     assert [devices[d]["layers"] is not None for d in "0123"] == [True] * 4
@@ -57,13 +57,28 @@ def test_405b_4bit_on_four_gpus_is_go_without_cpu_layers():
 
 
 def test_batch_and_seq_len_grow_the_kv_reserve():
-    small = json.loads(run("--model", "codellama_70b", "--assume-gpus", "2x80GB", "--json").stdout)
+    small = json.loads(run("--model", "codellama_70b", "--assume-gpus", "2x80GB", "--batch-size", "1",
+                           "--json").stdout)
     big = json.loads(run("--model", "codellama_70b", "--assume-gpus", "2x80GB", "--batch-size", "16",
                          "--seq-len", "4096", "--json").stdout)
     kv = lambda d: sum(v["kv_bytes"] for v in d["plan"]["devices"].values())  # noqa: E731
     per_token = small["plan"]["kv_bytes_per_token"]
     assert kv(small) == per_token * 1 * 1408  # bench defaults: 1024 prompt + 384 new tokens
     assert kv(big) == per_token * 16 * 4096
+    assert small["plan"]["batch_mode"] == big["plan"]["batch_mode"] == "pinned"
+
+
+def test_an_auto_batch_is_chosen_for_the_bench_and_its_kv_is_reserved():
+    data = json.loads(run("--model", "codellama_70b", "--assume-gpus", "2x80GB", "--json").stdout)
+    plan = data["plan"]
+    assert plan["batch_mode"] == "auto" and plan["batch_size"] > 1
+    kv = sum(v["kv_bytes"] for v in plan["devices"].values())
+    assert kv == plan["kv_bytes_per_token"] * plan["batch_size"] * plan["seq_len"]
+    chosen, *others = plan["alternatives"]
+    assert chosen["chosen"] and chosen["batch"] == plan["batch_size"]
+    one = next(a for a in others if a["batch"] == 1)
+    assert chosen["total_seconds"] < one["total_seconds"]  # the point of choosing: a faster bench
+    assert any(n.startswith(f"batch {plan['batch_size']} chosen") for n in plan["notes"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,13 +21,16 @@ engine's staging buffers on the execution GPU.
 from routerllm_cli.plan.availability import checkpoint_bytes, model_checks, token_source
 from routerllm_cli.plan.meta import (ModelSizes, build_meta_model, compute_dtype, hub_config_path, model_config,
                                      model_sizes, quantized_weight_names)
-from routerllm_cli.plan.placement import device_of, key_of, place_modules, weightless_to_first_gpu
+from routerllm_cli.plan.placement import (device_of, is_offloaded, key_of, place_modules, run_devices,
+                                          weightless_to_first_gpu)
 from routerllm_cli.plan.planner import plan_model
 from routerllm_cli.plan.preflight import PreflightReport, run_preflight
-from routerllm_cli.plan.types import (CPU_HEADROOM_FRACTION, CPU_HEADROOM_MIN, CUDA_CONTEXT_BYTES, DTYPE_BYTES,
-                                      DeviceAllocation, DevicePlan)
+from routerllm_cli.plan.run import plan_for_run, require_go
+from routerllm_cli.plan.types import (CPU_BATCH, CPU_HEADROOM_FRACTION, CPU_HEADROOM_MIN, CUDA_CONTEXT_BYTES,
+                                      DTYPE_BYTES, MAX_AUTO_BATCH, DeviceAllocation, DevicePlan)
 
 __all__ = [
+    "CPU_BATCH", "MAX_AUTO_BATCH", "is_offloaded", "plan_for_run", "require_go", "run_devices",
     "CPU_HEADROOM_FRACTION", "CPU_HEADROOM_MIN", "CUDA_CONTEXT_BYTES", "DTYPE_BYTES", "DeviceAllocation", "DevicePlan",
     "ModelSizes", "PreflightReport", "build_meta_model", "checkpoint_bytes", "compute_dtype", "device_of",
     "hub_config_path", "key_of", "model_checks", "model_config", "model_sizes", "place_modules", "plan_model",

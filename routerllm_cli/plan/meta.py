@@ -62,13 +62,9 @@ def model_config(ref: ModelRef, spec: ModelSpec, token: str | None = None) -> An
 
 
 def compute_dtype(spec: ModelSpec, hardware: HardwareReport, ref: ModelRef | None = None) -> str:
-    """torch_dtype as set; for `auto`, the catalog entry's dtype if it names one, else bf16 with GPUs, fp32 without."""
-    if spec.torch_dtype != "auto":
-        return spec.torch_dtype
+    """`ModelSpec.resolved_dtype` on this hardware, for this model's catalog entry."""
     entry = getattr(ref, "entry", None)
-    if entry is not None and entry.dtype:
-        return entry.dtype
-    return "bfloat16" if hardware.gpus else "float32"
+    return spec.resolved_dtype(gpus=bool(hardware.gpus), catalog_dtype=entry.dtype if entry is not None else None)
 
 
 def build_meta_model(ref: ModelRef, spec: ModelSpec, *, dtype: str | None = None, config: Any = None):
@@ -95,7 +91,9 @@ class ModelSizes:
     """Bytes per module name (every prefix, like accelerate's compute_module_sizes) in each storage format."""
 
     gpu: dict[str, int]  # as placed on a GPU: quantized Linear weights when 4/8-bit
-    host: dict[str, int]  # as placed on CPU/disk: transformers keeps offloaded modules in 16-bit
+    # as placed on CPU/disk: 16-bit as transformers keeps offloaded modules, or packed like the GPU's when the
+    # loader quantizes offloaded 4-bit layers while reading them (host_packed)
+    host: dict[str, int]
     params: int
     quantized_params: int
     largest_linear: int  # elements of the biggest quantized weight (bitsandbytes dequantizes it for prefill)
@@ -112,7 +110,8 @@ def quantized_weight_names(model) -> set[str]:
             if isinstance(mod, nn.Linear) and name not in skip and name.split(".")[-1] != "lm_head"}
 
 
-def model_sizes(model, quantization: str) -> ModelSizes:
+def model_sizes(model, quantization: str, *, host_packed: bool = False) -> ModelSizes:
+    """Sizes of every module prefix. `host_packed`: offloaded quantized weights are stored as on the GPU."""
     from accelerate.utils import named_module_tensors
 
     per_param = {"4bit": NF4_BYTES_PER_PARAM, "8bit": BYTES_PER_PARAM["int8"]}.get(quantization)
@@ -134,5 +133,5 @@ def model_sizes(model, quantization: str) -> ModelSizes:
         for i in range(len(parts) + 1):
             key = ".".join(parts[:i])
             gpu[key] += g
-            host[key] += h
+            host[key] += g if host_packed else h
     return ModelSizes(gpu, host, params, qparams, largest)

@@ -11,14 +11,21 @@ from routerllm_cli.plan.types import Device
 # --- placement: accelerate's infer_auto_device_map with a size table per device kind ------------------------------
 
 
+def find_tied(model) -> list:
+    """accelerate's tied-parameter groups of `model` (computed once per model: placement asks for them often)."""
+    from accelerate.utils import find_tied_parameters
+
+    return find_tied_parameters(model)
+
+
 def place_modules(model, max_memory: dict[Device, int], no_split: list[str],
-                  sizes_for: Callable[[Device], dict[str, int]], *, largest_layer_room: bool = True) -> dict[str, Device]:
+                  sizes_for: Callable[[Device], dict[str, int]], *, largest_layer_room: bool = True,
+                  tied: list | None = None) -> dict[str, Device]:
     """accelerate's `infer_auto_device_map` (1.x, without fallback_allocation), except that a module's size is
     looked up in `sizes_for(device)`. accelerate always keeps room for the largest layer on the first GPU and the
     CPU (where offloaded layers are staged), sized here in host format; `largest_layer_room=False` drops that
     room for callers that reserve staging buffers themselves, only where offload happens."""
     import torch
-    from accelerate.utils import find_tied_parameters
     from accelerate.utils.modeling import clean_device_map, get_max_layer_size, get_module_size_with_ties
 
     devices: list[Device] = list(max_memory)
@@ -27,7 +34,7 @@ def place_modules(model, max_memory: dict[Device, int], no_split: list[str],
     gpus = [d for d in devices if d not in ("cpu", "disk")]
     main_devices = [gpus[0], "cpu"] if gpus else ["cpu"]
     host = sizes_for("cpu")
-    tied_parameters = find_tied_parameters(model)
+    tied_parameters = find_tied(model) if tied is None else tied
     todo: list[tuple[str, Any]] = (list(model.named_parameters(recurse=False)) + list(model.named_children())
                                    + list(model.named_buffers(recurse=False)))
 
@@ -112,6 +119,41 @@ def weightless_to_first_gpu(model, device_map: dict[str, Device]) -> dict[str, D
             module = model.get_submodule(name)
             if not any(True for _ in module.parameters()):
                 out[name] = first
+    return out
+
+
+def is_offloaded(device: Any, device_map: dict[str, Any]) -> bool:
+    """cpu and disk entries are offloaded when the map has a GPU to run them on; without one, cpu is where
+    everything computes and only disk is offloaded."""
+    if str(device) == "disk":
+        return True
+    return str(device) == "cpu" and any(_is_gpu(d) for d in device_map.values())
+
+
+def _is_gpu(device: Any) -> bool:
+    return (isinstance(device, int) and not isinstance(device, bool)) or str(device).startswith("cuda")
+
+
+def run_devices(model, device_map: dict[str, Any], *, engine: str = "routerllm") -> dict[str, Any]:
+    """Where each map entry computes, and so keeps its KV cache. The one rule: an entry on a device computes
+    there; an offloaded entry runs, under routerllm's engine, where the hidden states are - on the device of the
+    last entry with parameters before it (the first such entry's device for leading ones); accelerate's hooks run
+    every offloaded entry on the map's first GPU. Without a computing entry: the CPU."""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    keys = sorted(device_map, key=lambda k: order.get(k, -1))
+    computing = {k for k in keys if not is_offloaded(device_map[k], device_map) and _has_parameters(model, k)}
+    first_gpu = next((d for d in device_map.values() if _is_gpu(d)), None)
+    leading = next((k for k in keys if k in computing), None)
+    first = device_map[leading] if leading is not None else (first_gpu if first_gpu is not None else "cpu")
+    previous = first
+    out: dict[str, Any] = {}
+    for k in keys:
+        d = device_map[k]
+        if not is_offloaded(d, device_map):
+            out[k] = d
+            previous = d if k in computing else previous
+        else:
+            out[k] = (first_gpu if first_gpu is not None else "cpu") if engine == "accelerate" else previous
     return out
 
 

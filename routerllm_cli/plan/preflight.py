@@ -8,8 +8,9 @@ from routerllm_cli.config import Settings
 from routerllm_cli.estimates import Bandwidths
 from routerllm_cli.hardware import Check, HardwareReport, machine_checks
 from routerllm_cli.plan.availability import model_checks
-from routerllm_cli.plan.planner import _dedupe, plan_model
+from routerllm_cli.plan.run import plan_for_run
 from routerllm_cli.plan.types import DevicePlan
+from routerllm_cli.plan.verdict import dedupe
 
 
 # --- the whole preflight ---------------------------------------------------------------------------------------
@@ -35,14 +36,10 @@ def run_preflight(settings: Settings, hardware: HardwareReport, *, batch_size: i
                   bandwidths: Bandwidths | None = None) -> PreflightReport:
     """Every check plus the plan for `settings.large`. The verdict is no-go when the plan is, or a check failed."""
     spec = settings.large
-    bench = settings.bench
-    batch = batch_size or (bench.batch_size if isinstance(bench.batch_size, int) else 1)
-    seq = seq_len or bench.max_prompt_tokens + bench.max_new_tokens
-    n = num_examples or (len(bench.task_ids) if bench.task_ids else bench.num_examples)
     checks = machine_checks(hardware, offload_folder=spec.offload_folder, quantization=spec.quantization,
                             flash_attention=spec.use_flash_attention, managed_folder=settings.managed_offload_folder())
-    plan = plan_model(spec, hardware, batch_size=batch, seq_len=seq, num_examples=n,
-                      max_new_tokens=bench.max_new_tokens, bandwidths=bandwidths, token=settings.hf_token)
+    plan = plan_for_run(settings, "preflight", hardware=hardware, batch_size=batch_size, seq_len=seq_len,
+                        num_examples=num_examples, bandwidths=bandwidths)
     checks += model_checks(plan.model, spec, hardware, token=settings.hf_token, checkpoint=plan.checkpoint_bytes)
     if "disk" in plan.devices:
         for c in checks:
@@ -50,7 +47,5 @@ def run_preflight(settings: Settings, hardware: HardwareReport, *, batch_size: i
                 c.status = "fail"
     failed = [c for c in checks if c.status == "fail"]
     reasons = plan.reasons + [c.detail for c in failed if not any(r in c.detail for r in plan.reasons)]
-    fixes = _dedupe(plan.fixes + [c.fix for c in failed if c.fix])
-    if not batch_size and bench.batch_size == "auto":
-        plan.notes.append("bench.batch_size is auto: planned for batch 1 (pass --batch-size to reserve more KV cache)")
+    fixes = dedupe(plan.fixes + [c.fix for c in failed if c.fix])
     return PreflightReport("no-go" if reasons else "go", reasons, fixes, checks, plan, hardware)

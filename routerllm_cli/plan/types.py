@@ -13,6 +13,12 @@ CUDA_CONTEXT_BYTES = 1_900 * 10**6  # per GPU: CUDA context, cuBLAS workspaces a
 CPU_HEADROOM_MIN = 3 * 10**9  # the Python process with torch/transformers, before any weights
 CPU_HEADROOM_FRACTION = 0.05  # page tables, the OS, whatever else runs
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Batch limits the planner chooses within. A decode step of a batch costs about what a step of one sequence costs
+# until the GPU runs out of work (an H200 ran SmolLM2-135M at 28 ms a step alone and 39 ms at 164 sequences), so
+# the GPU cap is high and memory decides. On a CPU the step's compute grows with the batch and a small batch
+# keeps latency low.
+MAX_AUTO_BATCH = 256
+CPU_BATCH = 8
 
 Device = int | str
 
@@ -67,6 +73,26 @@ class DevicePlan:
     params: int = 0
     offload_engine: str = "routerllm"
     checkpoint_bytes: int = 0  # what a load reads from disk
+    # Where each device_map entry computes (and keeps its KV cache): its GPU, or for an offloaded entry the GPU
+    # the offload engine runs it on. The offload engine and the batch sizing read it from here.
+    run_devices: dict[str, int | str] = field(default_factory=dict)
+    kv_per_token_by_device: dict[str, int] = field(default_factory=dict)  # KV bytes per token held on each device
+    batch_mode: str = "pinned"  # "pinned" (the run set it) | "auto" (the planner chose it for the bench's wall time)
+    prompt_tokens: int = 0  # the longest prompt the KV cache is sized for
+    max_new_tokens: int = 0
+    num_examples: int = 0
+    # "nf4": offloaded 4-bit layers are quantized while loading and held packed on CPU/disk; "16-bit": as loaded
+    host_format: str = "16-bit"
+    alternatives: list[dict] = field(default_factory=list)  # batches the planner weighed: batch, placement, times
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def kv_bytes_for(self, device: str, batch: int | None = None, seq_len: int | None = None) -> int:
+        """KV cache held on `device` for `batch` sequences of `seq_len` tokens (the plan's own by default)."""
+        return (self.kv_per_token_by_device.get(str(device), 0) * (self.batch_size if batch is None else batch)
+                * (self.seq_len if seq_len is None else seq_len))
 
     @property
     def execution_device(self) -> int | str:
@@ -91,4 +117,7 @@ class DevicePlan:
             "no_split_module_classes": self.no_split_module_classes,
             "verdict": self.verdict, "reasons": self.reasons, "fixes": self.fixes,
             "estimates": self.estimates, "notes": self.notes,
+            "run_devices": self.run_devices, "kv_per_token_by_device": self.kv_per_token_by_device,
+            "batch_mode": self.batch_mode, "prompt_tokens": self.prompt_tokens, "max_new_tokens": self.max_new_tokens,
+            "num_examples": self.num_examples, "host_format": self.host_format, "alternatives": self.alternatives,
         }
