@@ -55,15 +55,14 @@ def main() -> int:
     settings = load_settings(None, {"models": {"large_llm": spec_over},
                                     "bench": {"max_new_tokens": args.max_new_tokens, "device": "auto" if cuda else "cpu"}})
     problems = humaneval.select(humaneval.load_problems()[0], n=args.num_examples)
-    plan = plan_for(settings.large, settings, batch_size=max(args.batch_size, 1), num_examples=len(problems))
+    plan = plan_for(settings.large, settings, batch_size=args.batch_size or None, num_examples=len(problems))
     loaded = load_model(plan, settings.large)
     tok = loaded.tokenizer
     style = humaneval.choose_style(tok, "auto")
     stopping = humaneval.stopping_for(style)
     prompts = {p["task_id"]: humaneval.build_prompt(p, tok, style) for p in problems}
     by_id = {p["task_id"]: p for p in problems}
-    batch = args.batch_size or generation.auto_batch_size(loaded.plan, settings.bench.max_prompt_tokens,
-                                                          args.max_new_tokens)
+    batch = generation.batch_for(loaded.plan)
     kw = dict(max_new_tokens=args.max_new_tokens, device=loaded.input_device, **stopping)
 
     # warm-up so neither mode pays the first-call costs

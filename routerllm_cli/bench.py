@@ -109,21 +109,12 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def plan_for(spec: ModelSpec, settings: Settings, *, batch_size: int, num_examples: int):
-    """Preflight's core, run before anything loads; a no-go stops here."""
-    from routerllm_cli.hardware import probe_hardware
-    from routerllm_cli.plan import plan_model
+def plan_for(spec: ModelSpec, settings: Settings, *, num_examples: int, batch_size: int | None = None):
+    """The run's plan (`plan.plan_for_run`), before anything loads; a no-go stops here."""
+    from routerllm_cli.plan import plan_for_run, require_go
 
-    hardware = probe_hardware(spec.offload_folder or settings.offload_folder)
-    if settings.bench.device == "cpu":
-        hardware.gpus = []
-    plan = plan_model(spec, hardware, batch_size=batch_size,
-                      seq_len=settings.bench.max_prompt_tokens + settings.bench.max_new_tokens,
-                      num_examples=num_examples, max_new_tokens=settings.bench.max_new_tokens)
-    if plan.verdict != "go":
-        fixes = "; ".join(plan.fixes) or "run `routerllm preflight` for the plan"
-        raise NoGoError("preflight says no-go: " + "; ".join(plan.reasons), fix=fixes)
-    return plan
+    return require_go(plan_for_run(settings, "bench", spec=spec, batch_size=batch_size, num_examples=num_examples),
+                      "bench")
 
 
 def _memory_now(loaded: Any) -> dict[str, int]:
@@ -266,9 +257,7 @@ def run_bench(
     owns_model = loaded is None
     try:
         if todo:
-            batch_size = b.batch_size if isinstance(b.batch_size, int) else 0
-            plan = loaded.plan if loaded is not None else plan_for(spec, settings, batch_size=max(batch_size, 1),
-                                                                   num_examples=len(todo))
+            plan = loaded.plan if loaded is not None else plan_for(spec, settings, num_examples=len(todo))
             emit("plan", {"plan": plan.to_dict(), "eta_seconds": plan.estimates.get("bench_seconds")})
             if loaded is None:
                 from routerllm_cli.loading import load_model
@@ -280,9 +269,7 @@ def run_bench(
             from routerllm_cli import generation
 
             style = humaneval.choose_style(loaded.tokenizer, b.prompt_style)
-            if batch_size == 0:
-                batch_size = generation.auto_batch_size(
-                    loaded.plan, b.max_prompt_tokens, b.max_new_tokens, loaded.plan.kv_bytes_per_token, None)
+            batch_size = generation.batch_for(loaded.plan)
             items = [(p, k, humaneval.build_prompt(p, loaded.tokenizer, style)) for p, k in todo]
             lengths = generation.prompt_token_counts(loaded.tokenizer, [it[2] for it in items])
             ranked = generation.order_by_length(list(zip(items, lengths)), key=lambda pair: pair[1])

@@ -14,10 +14,6 @@ from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
-# A decode step of a batch costs about what a step of one sequence costs until the GPU runs out of work (an H200
-# ran SmolLM2-135M at 28 ms a step alone and 39 ms at 164 sequences), so the cap is high and memory decides.
-MAX_AUTO_BATCH = 256
-CPU_BATCH = 8
 # Allocator fragmentation and stray tensors: only this much of free memory is counted as room.
 FREE_USABLE = 0.9
 # Stop strings are looked for in the decoded last few tokens only; a hit is confirmed on the full text.
@@ -199,64 +195,23 @@ def generate_many(model: Any, tokenizer: Any, prompts: Mapping[Hashable, str], *
         yield from zip(chunk, generate_batch(model, tokenizer, [prompts[k] for k in chunk], **kwargs))
 
 
-def auto_batch_size(plan_or_none: Any, prompt_tokens: int, max_new_tokens: int, kv_bytes_per_token: int | None = None,
-                    free_bytes: int | Mapping[str, int] | None = None, *, cap: int = MAX_AUTO_BATCH) -> int:
-    """How many sequences of `prompt_tokens + max_new_tokens` fit on every GPU, between 1 and `cap`.
-
-    With a DevicePlan, each GPU's room is what the planner held back there for the KV cache and prefill
-    activations (sized for plan.batch_size x plan.seq_len tokens) plus most of what it left free; a sequence
-    needs its share of the KV cache for all its tokens and of the activations for its prompt. Layers offloaded to
-    cpu/disk compute on the first GPU, so their cache lives there. `free_bytes`, measured after loading (an int
-    for every GPU, or {device: bytes}), caps the room further. Without a plan the cache is
-    `kv_bytes_per_token` for the whole model in `free_bytes`. Without GPUs memory is not the limit and a small
-    batch keeps latency low: CPU_BATCH."""
-    tokens = max(1, prompt_tokens + max_new_tokens)
-    needs = _per_sequence_needs(plan_or_none, prompt_tokens, tokens, kv_bytes_per_token)
-    if not needs and free_bytes is not None and kv_bytes_per_token:
-        needs = {"0": (kv_bytes_per_token * tokens, None)}  # no plan: one device holds the whole cache
-    limits = []
-    for device, (need, planned_room) in needs.items():
-        room = [] if planned_room is None else [planned_room]
+def batch_for(plan: Any, free_bytes: int | Mapping[str, int] | None = None) -> int:
+    """How many sequences a run decodes at once: the plan's batch, whose KV cache and prefill activations the
+    planner reserved on every GPU (the planner owns that choice: plan.batch_size). `free_bytes` measured now (an
+    int for every GPU, or {device: bytes}) can only lower it, where less room is left than the plan expected."""
+    batch = max(1, int(plan.batch_size))
+    if free_bytes is None:
+        return batch
+    for device, per_token in plan.kv_per_token_by_device.items():
+        alloc = plan.devices.get(device)
+        if not device.isdigit() or alloc is None or per_token <= 0:
+            continue
         measured = free_bytes.get(device) if isinstance(free_bytes, Mapping) else free_bytes
-        if measured is not None:
-            room.append(int(FREE_USABLE * max(0, measured)))
-        if room and need > 0:
-            limits.append(min(room) // need)
-    if not limits:
-        return min(CPU_BATCH, cap)
-    return int(max(1, min(cap, min(limits))))
-
-
-def _per_sequence_needs(plan: Any, prompt_tokens: int, tokens: int,
-                        kv_bytes_per_token: int | None) -> dict[str, tuple[float, int | None]]:
-    """{gpu: (bytes one sequence needs there, room the plan leaves there)} from a DevicePlan."""
-    devices = getattr(plan, "devices", None) or {}
-    num_layers = getattr(plan, "num_layers", 0) or 0
-    gpus = sorted((d for d in devices if str(d).isdigit()), key=int)
-    if not gpus or not num_layers:
-        return {}
-    kv = kv_bytes_per_token or getattr(plan, "kv_bytes_per_token", 0) or 0
-    planned_tokens = max(1, getattr(plan, "batch_size", 1) * getattr(plan, "seq_len", 1))
-
-    def layer_count(alloc: Any) -> int:
-        return (alloc.layers[1] - alloc.layers[0] + 1) if alloc.layers else 0
-
-    share = {d: layer_count(devices[d]) / num_layers for d in gpus}
-    share[gpus[0]] += sum(layer_count(a) for d, a in devices.items() if d in ("cpu", "disk")) / num_layers
-    out = {}
-    for d in gpus:
-        alloc = devices[d]
-        detail = getattr(alloc, "reserve_detail", None) or {}
-        kv_reserved, act_reserved = int(getattr(alloc, "kv_bytes", 0) or 0), int(detail.get("activations", 0))
-        if kv_reserved or act_reserved:
-            room = kv_reserved + act_reserved + int(FREE_USABLE * max(0, alloc.free_after_bytes))
-            need = (kv * share[d] * tokens if kv else kv_reserved / planned_tokens * tokens)
-            need += act_reserved / planned_tokens * prompt_tokens
-        else:  # a plan without the breakdown: its whole reserve is the room for the cache
-            room, need = int(alloc.reserve_bytes), kv * share[d] * tokens
-        if share[d] > 0 or act_reserved:
-            out[d] = (need, room)
-    return out
+        if measured is None:
+            continue
+        per_sequence = per_token * plan.seq_len + alloc.reserve_detail.get("activations", 0) / batch
+        batch = min(batch, max(1, int(FREE_USABLE * max(0, measured) // per_sequence)))
+    return batch
 
 
 class _ContinuedStop(_StopCriteria):

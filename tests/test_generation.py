@@ -122,40 +122,37 @@ def test_order_by_length_is_longest_first_and_stable():
 
 @pytest.fixture(scope="module")
 def small_gpu_plans():
-    """Real plans for a 1.3B coder on assumed GPUs (the planner's meta-device model, no weights)."""
+    """Real plans for CodeLlama-70B on 2 x 40 GB + CPU, where offloaded layers run on a GPU and keep their KV
+    cache there (the planner's meta-device model, no weights)."""
     from routerllm_cli.config import ModelSpec
     from routerllm_cli.hardware import assume_hardware
     from routerllm_cli.plan import plan_model
 
-    spec = ModelSpec(name="deepseek_coder_1_3b", torch_dtype="float16")
-    roomy = plan_model(spec, assume_hardware("2x24GB", "64GB"), batch_size=1, seq_len=2048)
-    tight = plan_model(spec, assume_hardware("1x4GB", "64GB"), batch_size=1, seq_len=2048)
-    return roomy, tight
+    spec = ModelSpec(name="codellama_70b")
+    auto = plan_model(spec, assume_hardware("2x40GB", "256GB"), batch_size=None, seq_len=1408)
+    one = plan_model(spec, assume_hardware("2x40GB", "256GB"), batch_size=1, seq_len=1408)
+    return auto, one
 
 
-def test_auto_batch_size_fits_the_planned_room(small_gpu_plans):
-    roomy, tight = small_gpu_plans
-    big = generation.auto_batch_size(roomy, 512, 384)
-    small = generation.auto_batch_size(tight, 512, 384)
-    assert 1 <= small < big <= generation.MAX_AUTO_BATCH
-    # Whatever it picks must fit: its KV cache on the tight GPU stays within what the plan left there.
-    alloc = tight.devices["0"]
-    kv_per_seq = tight.kv_bytes_per_token * (512 + 384)
-    assert small * kv_per_seq <= alloc.kv_bytes + alloc.reserve_detail.get("activations", 0) + alloc.free_after_bytes
-    assert generation.auto_batch_size(tight, 1024, 384) <= small  # longer prompts, fewer sequences
-    # Memory measured free after loading caps it: each of the two GPUs holds half of every sequence's cache.
-    capped = generation.auto_batch_size(roomy, 512, 384, free_bytes=kv_per_seq * 3)
-    assert 1 <= capped <= 6 and capped < big
-    assert generation.auto_batch_size(roomy, 512, 384, free_bytes={"0": 0, "1": 10**12}) == 1
+def test_the_run_batch_is_the_plans_and_its_kv_room_is_reserved_on_each_gpu(small_gpu_plans):
+    auto, one = small_gpu_plans
+    assert generation.batch_for(auto) == auto.batch_size > 1 and generation.batch_for(one) == 1
+    for plan in (auto, one):
+        assert "cpu" in plan.devices and plan.devices["cpu"].weight_bytes > 0
+        gpus = [d for d in plan.devices if d.isdigit()]
+        for d in gpus:  # offloaded layers' cache is counted on the GPU that runs them, nowhere else
+            assert plan.devices[d].kv_bytes == plan.kv_bytes_for(d)
+        assert sum(plan.kv_per_token_by_device[d] for d in gpus) == plan.kv_bytes_per_token
+        assert plan.devices["cpu"].kv_bytes == 0
 
 
-def test_auto_batch_size_without_gpus_or_plan():
-    assert generation.auto_batch_size(None, 1024, 384, None, None) == generation.CPU_BATCH
-    per_seq = 1000 * (100 + 28)
-    # 90% of free memory counts as room
-    assert generation.auto_batch_size(None, 100, 28, kv_bytes_per_token=1000, free_bytes=per_seq * 10) == 9
-    assert generation.auto_batch_size(None, 100, 28, kv_bytes_per_token=1000, free_bytes=10) == 1
-    assert generation.auto_batch_size(None, 1, 1, kv_bytes_per_token=1, free_bytes=10**12) == generation.MAX_AUTO_BATCH
+def test_measured_free_memory_can_only_lower_the_plans_batch(small_gpu_plans):
+    auto, _ = small_gpu_plans
+    d = max(auto.kv_per_token_by_device, key=auto.kv_per_token_by_device.get)
+    per_seq = auto.kv_per_token_by_device[d] * auto.seq_len
+    assert generation.batch_for(auto, free_bytes=10**15) == auto.batch_size
+    assert 1 <= generation.batch_for(auto, free_bytes={d: per_seq * 3}) <= 3
+    assert generation.batch_for(auto, free_bytes=0) == 1
 
 
 # --------------------------------------------------------------------------------------- the embedded model

@@ -55,6 +55,10 @@ class Evaluation:
     def feasible(self) -> bool:
         return not self.reasons
 
+    @property
+    def uses_gpu(self) -> bool:
+        return any(isinstance(d, int) for d in self.device_map.values())
+
     def layers_on(self, kind: str) -> int:
         """Decoder layers on the GPUs ("gpu"), the CPU or disk."""
         count = 0
@@ -104,9 +108,12 @@ def choose(planner: Any, user: dict[Device, int], caps: dict[Device, int], disk_
     considered: list[Evaluation] = []
     for b in candidates(work.num_examples, MAX_AUTO_BATCH):
         considered.append(evaluate(planner.at_batch(b), user, caps, disk_budget, bw, work))
-        if not considered[-1].feasible and len(considered) > 1:
+        last = considered[-1]
+        if len(considered) > 1 and (not last.feasible or (considered[0].uses_gpu and not last.uses_gpu)):
             break  # a larger batch only needs more memory: once one does not fit, none after it will
-    feasible = [e for e in considered if e.feasible]
+    # A batch whose KV cache leaves the GPUs no room for weights would run on the CPU: not a trade worth making
+    on_gpu = [e for e in considered if e.feasible and (e.uses_gpu or not considered[0].uses_gpu)]
+    feasible = on_gpu
     if not feasible:
         return considered[0], considered
     best = min(feasible, key=lambda e: (e.estimates["total_seconds"], e.batch))
@@ -121,7 +128,8 @@ def estimates_for(planner: Any, devices: dict[str, DeviceAllocation], bw: Bandwi
     sizes = planner.sizes(quant)
     gpu_rates = {str(g.index): bw.gpu_rate(g.name, g.total_bytes) for g in planner.hw.gpus}
     gpu = {d: (a.weight_bytes, gpu_rates[d][0]) for d, a in devices.items() if d in gpu_rates}
-    has_gpu = bool(gpu_rates)
+    # a map with no GPU entry runs on the CPU even on a machine with GPUs
+    has_gpu = bool(gpu_rates) and any(a.weight_bytes for d, a in devices.items() if d in gpu_rates)
     cpu = devices.get("cpu")
     disk = devices.get("disk")
     bus_sizes = sizes.gpu if (quant != "none" and engine == "routerllm") else sizes.host
