@@ -186,3 +186,51 @@ def test_a_device_map_naming_a_missing_module_is_a_config_error(checkpoint, tmp_
     model = _load_offloaded(checkpoint, tmp_path)
     with pytest.raises(ConfigError, match="not a module of this model"):
         OffloadEngine(model, {**_device_map(), "model.layers.99": "cpu"}).attach()
+
+
+def test_quantize_while_loading_equals_pack_after_load(checkpoint, tmp_path):
+    """Layers planned for the CPU are loaded as "disk" (left in the checkpoint's shards), then read, quantized
+    and packed one weight at a time: the model never holds them in 16-bit, and the packed bytes - so the logits
+    and the tokens - equal quantizing after a 16-bit load. Layers planned for disk go back there packed."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import LlamaForCausalLM
+
+    planned = _device_map()
+    after = attach_offload_engine(_load_offloaded(checkpoint, tmp_path / "a"), planned, keep_4bit=True)
+    with torch.no_grad():
+        want_logits = after.model(PROMPT).logits
+        want_tokens = _generate(after.model)
+    want = after.stats()
+    after.detach()
+
+    loaded_as = {k: "disk" if v == "cpu" else v for k, v in planned.items()}
+    model = LlamaForCausalLM.from_pretrained(checkpoint, device_map=loaded_as, offload_folder=tmp_path / "b").eval()
+    assert model.model.layers[0].mlp.up_proj.weight.device.type == "meta"  # no 16-bit copy in host memory
+    spill = tmp_path / "offload"
+    engine = attach_offload_engine(model, loaded_as, host_devices=planned, spill_folder=spill, keep_4bit=True)
+    st = engine.stats()
+    with torch.no_grad():
+        torch.testing.assert_close(model(PROMPT).logits, want_logits, rtol=0, atol=0)
+        assert torch.equal(_generate(model), want_tokens)
+    assert st.quantized_4bit and st.bytes_per_step == want.bytes_per_step
+    disk_units = [u for u in engine.units if u.disk]
+    assert [u.name for u in disk_units] == [f"model.layers.{i}" for i in DISK_LAYERS]
+    assert st.spilled_bytes == sum(u.nbytes for u in disk_units) == st.held_bytes["disk"]
+    assert st.streamed_layers == len(DISK_LAYERS)  # planned for disk: streamed from the packed files
+    files = sorted(p.name for p in (spill / "routerllm-nf4").iterdir())
+    assert files == [f"model.layers.{i}.nf4" for i in DISK_LAYERS]
+    # the CPU units are held packed: well under half of their 16-bit bytes (embeddings and lm_head stay 16-bit)
+    sixteen = sum(t.numel() * t.element_size() for n, t in _reference_tensors(checkpoint).items()
+                  if any(n.startswith(u.name + ".") for u in engine.units if not u.disk))
+    assert st.held_bytes["cpu"] < 0.6 * sixteen
+    engine.detach()
+    assert not (spill / "routerllm-nf4").exists()  # the engine removes what it wrote
+
+
+def _reference_tensors(checkpoint) -> dict:
+    from safetensors.torch import load_file
+
+    out: dict = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out

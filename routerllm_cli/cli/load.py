@@ -56,8 +56,8 @@ def load(
     if spec.offload_folder is None:  # disk spill goes to the folder `offload clean` manages
         spec = spec.model_copy(update={"offload_folder": settings.managed_offload_folder()})
     with _LoadProgress(out) as bar:
-        data = load_and_test(spec, prompt=prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens,
-                             progress=bar.update, token=settings.hf_token, on_plan=bar.on_plan)
+        data = load_and_test(settings, spec, prompt=prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens,
+                             progress=bar.update, on_plan=bar.on_plan)
     out.result(data, lambda console: _render(console, data))
 
 

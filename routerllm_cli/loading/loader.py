@@ -118,15 +118,29 @@ def _offload_folder(plan: "DevicePlan", spec: "ModelSpec") -> Path | None:
     return Path(spec.offload_folder).expanduser()
 
 
+def load_device_map(plan: "DevicePlan", ckpt: Checkpoint) -> tuple[dict[str, Any], bool]:
+    """The map handed to `from_pretrained`, and whether offloaded 4-bit layers are quantized while loading.
+
+    It is the plan's dict, as is, except under quantize-while-loading (the plan holds offloaded 4-bit layers
+    packed, `host_format == "nf4"`, and the checkpoint is safetensors): then the modules the plan puts on the
+    CPU are loaded as "disk". transformers leaves "disk" modules in the checkpoint's own files (no copy), so
+    they never exist in 16-bit in host memory; the offload engine then reads each weight from its shard,
+    quantizes it with the bitsandbytes call `Linear4bit` uses and keeps only the packed bytes."""
+    cpu_layers = gpu_indices(plan.device_map) and any(str(v) == "cpu" for v in plan.device_map.values())
+    if plan.host_format == "nf4" and plan.offload_engine == "routerllm" and ckpt.fmt == "safetensors" and cpu_layers:
+        return {k: ("disk" if str(v) == "cpu" else v) for k, v in plan.device_map.items()}, True
+    return dict(plan.device_map), False
+
+
 def _from_pretrained(plan: "DevicePlan", spec: "ModelSpec", attn: str, offload_folder: Path | None,
-                     token: str | None) -> Any:
+                     token: str | None, device_map: dict[str, Any]) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = plan.model
     kwargs: dict[str, Any] = dict(
         dtype=getattr(torch, plan.dtype),
-        device_map=plan.device_map,  # the planner's dict, as is: see the module docstring
+        device_map=device_map,  # the planner's dict (see load_device_map): a dict keeps 4-bit CPU offload working
         attn_implementation=attn,
         cache_dir=hf_cache_dir(),
         local_files_only=hf_offline(),
@@ -144,8 +158,10 @@ def _from_pretrained(plan: "DevicePlan", spec: "ModelSpec", attn: str, offload_f
     return AutoModelForCausalLM.from_pretrained(ref.source, **kwargs)
 
 
-def _attach_engine(model: Any, plan: "DevicePlan", spec: "ModelSpec", notes: list[str]) -> Any | None:
-    """Hand the cpu/disk modules to routerllm's offload engine (default), or keep accelerate's hooks."""
+def _attach_engine(model: Any, plan: "DevicePlan", spec: "ModelSpec", notes: list[str], loaded_map: dict[str, Any],
+                   offload_folder: Path | None) -> Any | None:
+    """Hand the cpu/disk modules to routerllm's offload engine (default), or keep accelerate's hooks. The engine
+    runs each module where the plan says (plan.run_devices) and holds it where the plan put it."""
     offloaded = offloaded_devices(plan.device_map)
     if not offloaded:
         return None
@@ -158,13 +174,18 @@ def _attach_engine(model: Any, plan: "DevicePlan", spec: "ModelSpec", notes: lis
         notes.append(f"offload: routerllm's engine is not importable ({exc}); using accelerate's hooks")
         return None
     # Without a GPU, cpu entries are where compute happens, not offload: only disk entries are worth taking over.
-    device_map = {k: v for k, v in plan.device_map.items() if str(v) in offloaded or gpu_indices(plan.device_map)}
-    engine = attach_offload_engine(model, device_map, execution_device=None, pin_budget_bytes=spec.pin_memory_budget,
-                                   keep_4bit=plan.quantization == "4bit")
+    device_map = {k: v for k, v in loaded_map.items()
+                  if str(plan.device_map[k]) in offloaded or gpu_indices(plan.device_map)}
+    keep_4bit = plan.quantization == "4bit"
+    spill = offload_folder if (keep_4bit and "disk" in offloaded) else None
+    engine = attach_offload_engine(model, device_map, execution_devices=plan.run_devices,
+                                   host_devices={k: str(plan.device_map[k]) for k in device_map},
+                                   spill_folder=spill, pin_budget_bytes=spec.pin_memory_budget, keep_4bit=keep_4bit)
     stats = engine.stats()
     notes.append(f"offload: routerllm engine holds {stats.offloaded_layers} modules "
                  f"({format_bytes(stats.pinned_bytes)} pinned, {format_bytes(stats.pageable_bytes)} pageable, "
-                 f"{stats.streamed_layers} streamed from disk)")
+                 f"{stats.streamed_layers} streamed from disk"
+                 + (f", {format_bytes(stats.spilled_bytes)} packed in {spill}" if stats.spilled_bytes else "") + ")")
     if stats.pageable_reason:
         notes.append(f"offload: pageable memory because {stats.pageable_reason}")
     for skipped in stats.skipped:
@@ -182,7 +203,8 @@ def _quantization_notes(summary: dict[str, dict], plan: "DevicePlan", engine: An
     if not held:
         return []
     if engine is not None and getattr(engine.stats(), "quantized_4bit", False):
-        return [f"quantization: the offload engine keeps the {format_bytes(held)} of cpu/disk modules 4-bit on the bus"]
+        return [f"quantization: the offload engine keeps the cpu/disk modules 4-bit ({format_bytes(held)}) in memory "
+                "and on the bus"]
     # 16-bit weights hold 2 bytes a parameter; in the plan's format they would hold NF4 or int8 bytes instead
     per_param = NF4_BYTES_PER_PARAM if plan.quantization == "4bit" else 1.0
     quantized = int(held / 2 * per_param)
@@ -243,6 +265,13 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
                  message=str(ckpt.folder or plan.model.source))
             tokenizer = load_tokenizer(plan.model, spec, token=token, notes=notes)
             emit("tokenizer", message=type(tokenizer).__name__)
+            loaded_map, quantize_on_load = load_device_map(plan, ckpt)
+            if quantize_on_load:
+                notes.append("quantization: offloaded 4-bit layers are read from the checkpoint and quantized to NF4 "
+                             "one weight at a time, never held in 16-bit")
+            elif plan.host_format == "nf4" and offloaded_devices(plan.device_map):
+                notes.append(f"quantization: the checkpoint is {ckpt.fmt}, not safetensors: offloaded layers load in "
+                             "16-bit first and are packed after (more host memory than planned while loading)")
             prefetcher = plan_prefetch(ckpt, plan)
             watcher = WeightsProgress(ckpt, emit if progress is not None else None, prefetcher)
             if prefetcher is not None:
@@ -250,12 +279,12 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
             try:
                 with transformers_progress(watcher.hook):
                     try:
-                        model = _from_pretrained(plan, spec, attn, folder, token)
+                        model = _from_pretrained(plan, spec, attn, folder, token, loaded_map)
                     except ValueError as exc:  # an architecture without SDPA kernels: eager is always there
                         if attn != "sdpa" or "sdpa" not in str(exc).lower():
                             raise
                         attn, attn_reason = "eager", f"{type(exc).__name__}: this architecture has no SDPA support"
-                        model = _from_pretrained(plan, spec, attn, folder, token)
+                        model = _from_pretrained(plan, spec, attn, folder, token, loaded_map)
             finally:
                 if prefetcher is not None:
                     prefetcher.stop()
@@ -265,7 +294,10 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
             summary = summarize_placement(model, plan)
             input_device = first_input_device(model)
             emit("offload", message="placing offloaded modules")
-            engine = _attach_engine(model, plan, spec, notes)
+            engine = _attach_engine(model, plan, spec, notes, loaded_map, folder)
+            if engine is not None:
+                for dev, held in engine.stats().held_bytes.items():  # what the engine holds, as it holds it
+                    summary.setdefault(dev, {"layers": "", "bytes": 0, "modules": 0})["bytes"] = held
         except RouterLLMError:
             raise
         except Exception as exc:
@@ -347,23 +379,19 @@ test_generation.__test__ = False  # a library function, not a pytest test
 DEFAULT_PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
 
 
-def load_and_test(spec: "ModelSpec", *, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 32,
-                  progress: Progress | None = None, token: str | None = None, hardware: Any = None,
+def load_and_test(settings: Any, spec: "ModelSpec | None" = None, *, prompt: str = DEFAULT_PROMPT,
+                  max_new_tokens: int = 32, progress: Progress | None = None, hardware: Any = None,
                   on_plan: Callable[["DevicePlan"], None] | None = None) -> dict:
-    """Plan on the probed hardware, refuse a no-go plan, load, run one greedy generation, close.
+    """Plan on the probed hardware (`plan.plan_for_run`), refuse a no-go plan, load, run one greedy generation,
+    close. Returns the load summary plus "plan" and "generation" (what `routerllm load --json` prints)."""
+    from routerllm_cli.plan import plan_for_run, require_go
 
-    Returns the load summary plus "plan" and "generation" (what `routerllm load --json` prints)."""
-    from routerllm_cli.hardware import probe_hardware
-    from routerllm_cli.plan import plan_model
-
-    hw = hardware if hardware is not None else probe_hardware(spec.offload_folder)
-    plan = plan_model(spec, hw, batch_size=1, num_examples=1, max_new_tokens=max_new_tokens)
+    spec = spec or settings.large
+    plan = plan_for_run(settings, "load", spec=spec, hardware=hardware, max_new_tokens=max_new_tokens)
     if on_plan is not None:
         on_plan(plan)
-    if plan.verdict != "go":
-        raise NoGoError("the plan says no-go: " + "; ".join(plan.reasons or ["no reason given"]),
-                        fix="; ".join(plan.fixes) or "run `routerllm preflight` to see the plan")
-    loaded = load_model(plan, spec, progress=progress, token=token)
+    require_go(plan, "load")
+    loaded = load_model(plan, spec, progress=progress, token=settings.hf_token)
     try:
         generation = test_generation(loaded, prompt, max_new_tokens)
         return {**loaded.summary(), "plan": plan.to_dict(), "generation": generation}

@@ -21,13 +21,13 @@ On a CPU execution device the same logic runs with no streams: events are no-ops
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from routerllm_cli.errors import ConfigError, RunFailed
 from routerllm_cli.units import format_bytes
 from routerllm_cli.offload.sources import Entry, Source, Unit, offload_hooks, source_from_weights_map, strip_hook
-from routerllm_cli.offload.staging import DiskStreamer, Reader, Staging, view_of
+from routerllm_cli.offload.staging import DiskStreamer, PackedSpill, Reader, Staging, view_of
 
 _ALIGN = 256  # byte alignment of every tensor in a flat buffer: any dtype view and vectorised kernel is happy
 _RING_DEPTH = 2
@@ -54,6 +54,8 @@ class OffloadStats:
     disk_read_seconds: float = 0.0
     execution_devices: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()  # offloaded map entries left to Accelerate, with why
+    spilled_bytes: int = 0  # packed 4-bit disk units written to the offload folder and streamed from there
+    held_bytes: dict = field(default_factory=dict)  # {"cpu" | "disk": bytes of the units held there, as held}
 
     @property
     def disk_read_bytes_per_s(self) -> float:
@@ -77,6 +79,9 @@ class OffloadEngine:
         device_map: dict[str, Any],
         *,
         execution_device: Any = None,
+        execution_devices: dict[str, Any] | None = None,
+        host_devices: dict[str, str] | None = None,
+        spill_folder: Any = None,
         pin_budget_bytes: int | None = None,
         keep_4bit: bool = False,
         compress_statistics: bool = True,
@@ -84,6 +89,13 @@ class OffloadEngine:
         self.model = model
         self.device_map = dict(device_map)
         self.execution_device = execution_device
+        # where each offloaded entry runs: the plan's run devices (`plan.placement.run_devices` when not given)
+        self.execution_devices = dict(execution_devices) if execution_devices is not None else None
+        # where each offloaded entry is held ("cpu" | "disk"): the plan's device, which may differ from the map the
+        # model was loaded with (a 4-bit layer planned for the CPU is loaded as "disk" so that it is read from the
+        # checkpoint and quantized one weight at a time, never held in 16-bit)
+        self.host_devices = {k: str(v) for k, v in (host_devices or {}).items()}
+        self.spill = PackedSpill(spill_folder) if spill_folder is not None else None
         self.pin_budget_bytes = pin_budget_bytes
         self.keep_4bit = keep_4bit
         self.compress_statistics = compress_statistics
@@ -122,24 +134,25 @@ class OffloadEngine:
             if dev in _OFFLOADED and name == "":
                 raise ConfigError("the device map offloads the whole model", fix="map some modules to a GPU")
         ordered = sorted(self.device_map, key=lambda n: order[n])
-        # where the hidden states are: the last GPU module with weights (a rotary table placed anywhere says
-        # nothing); a leading offloaded unit runs where the first one does
-        computing = [n for n in ordered if self.device_map[n] not in _OFFLOADED and _has_params(modules[n])]
-        previous = self.device_map[computing[0]] if computing else None
+        runs = self.execution_devices
+        if runs is None:
+            from routerllm_cli.plan.placement import run_devices
+
+            runs = run_devices(self.model, self.device_map)
         shared = self._shared_param_ids()
         for name in ordered:
             dev = self.device_map[name]
             if dev not in _OFFLOADED:
-                previous = dev if name in computing else previous
                 continue
             module = modules[name]
             if any(id(p) in shared for p in module.parameters()):
                 self.skipped.append(f"{name}: shares a parameter with a module outside it (tied weights)")
                 continue
-            exec_dev = self.execution_device if self.execution_device is not None else previous
-            exec_dev = self._device("cpu" if exec_dev is None else exec_dev)
+            exec_dev = self.execution_device if self.execution_device is not None else runs.get(name)
+            exec_dev = self._device("cpu" if exec_dev in (None, "disk") else exec_dev)
+            held = self.host_devices.get(name, str(dev))
             self.units.append(Unit(index=len(self.units), name=name, module=module, device=exec_dev,
-                                    disk=dev == "disk"))  # fmt: skip
+                                    disk=held == "disk", read_from_disk=dev == "disk"))  # fmt: skip
 
     def _shared_param_ids(self) -> set[int]:
         owners: dict[int, set[str]] = {}
@@ -220,7 +233,7 @@ class OffloadEngine:
         ]
         for rel, lin in linears:
             w_entry = by_tensor.pop((id(lin), "weight"))
-            weight = _read_entry(w_entry, self.reader, count_disk=unit.disk).to(unit.device)
+            weight = _read_entry(w_entry, self.reader, count_disk=unit.read_from_disk).to(unit.device)
             packed, facts = quant.quantize_nf4(weight, compress_statistics=self.compress_statistics)
             del weight
             nf4 = quant.nf4_module_for(lin, facts, compute_dtype=w_entry.dtype)
@@ -289,14 +302,20 @@ class OffloadEngine:
             self._note_pageable("execution device is the CPU: host buffers stay pageable")
         budget = float("inf") if self.pin_budget_bytes is None else self.pin_budget_bytes
         over_budget = f"pin budget of {format_bytes(self.pin_budget_bytes or 0)} reached"
-        in_ram = [u for u in self.units if not u.disk or self.keep_4bit]
-        on_disk = [u for u in self.units if u.disk and not self.keep_4bit]
+        # packed 4-bit disk units go back to disk as packed files (the offload folder) when there is one to write
+        # to; otherwise, as before, they are small enough to keep in host RAM
+        spill = self.keep_4bit and self.spill is not None
+        in_ram = [u for u in self.units if not u.disk or (self.keep_4bit and not spill)]
+        on_disk = [u for u in self.units if u not in in_ram]
         for unit in in_ram:
             fits = unit.nbytes <= budget
             budget -= unit.nbytes if fits else 0
             self._materialise(unit, pin=can_pin and fits)
             if not fits:
                 self._note_pageable(over_budget)
+        if spill:
+            for unit in on_disk:
+                self.spill.write(unit, self.reader)
         ring_bytes = _RING_DEPTH * max((u.nbytes for u in on_disk), default=0)
         ring_fits = False
         if sum(u.nbytes for u in on_disk) > budget:
@@ -304,7 +323,7 @@ class OffloadEngine:
             budget -= ring_bytes if ring_fits else 0
         streamed = []
         for unit in on_disk:
-            if unit.nbytes <= budget:
+            if unit.nbytes <= budget and not spill:  # spilled units stay on disk: RAM is why they went there
                 budget -= unit.nbytes
                 self._materialise(unit, pin=can_pin)
             else:
@@ -324,7 +343,7 @@ class OffloadEngine:
         import torch
 
         unit.host = torch.empty(unit.nbytes, dtype=torch.uint8)
-        self.reader.fill(unit.entries, unit.host, count_disk=unit.disk)
+        self.reader.fill(unit.entries, unit.host, count_disk=unit.read_from_disk)
         self._adopt(unit)
         if pin:
             reason = self._pin(unit.host)
@@ -443,6 +462,8 @@ class OffloadEngine:
         self._registered.clear()
         self.staging = {}
         self.ring = []
+        if self.spill is not None:
+            self.spill.remove()
 
     # ------------------------------------------------------------------ forward path
     def _bindings(self, unit: Unit, slot: int) -> list:
@@ -557,6 +578,9 @@ class OffloadEngine:
             disk_read_seconds=reader.seconds if reader else 0.0,
             execution_devices=tuple(sorted({str(u.device) for u in self.units})),
             skipped=tuple(self.skipped),
+            spilled_bytes=self.spill.bytes if self.spill is not None else 0,
+            held_bytes={where: sum(u.nbytes for u in self.units if u.disk == (where == "disk"))
+                        for where in ("cpu", "disk") if any(u.disk == (where == "disk") for u in self.units)},
         )
 
 

@@ -45,7 +45,7 @@ class Unit:
     name: str
     module: Any
     device: Any
-    disk: bool
+    disk: bool  # held on disk (streamed every step), as the plan placed it
     entries: list[Entry] = field(default_factory=list)
     nbytes: int = 0
     host: Any = None  # resident flat host buffer, or None when streamed
@@ -55,6 +55,7 @@ class Unit:
     handles: list = field(default_factory=list)
     bindings: dict = field(default_factory=dict)  # slot -> [(dict, name, tensor)]
     slot: int | None = None  # staging slot bound during this unit's forward
+    read_from_disk: bool = False  # its bytes come from a file when attached (counted as disk reads)
 
 
 _ST_DTYPES = {

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from routerllm_cli.errors import RunFailed
-from routerllm_cli.offload.sources import Entry, Unit
+from routerllm_cli.offload.sources import Entry, Source, Unit
 
 _READ_CHUNK = 32 * 2**20
 _READ_THREADS = 8
@@ -158,6 +158,49 @@ class DiskStreamer:
             self.stop = True
             self.cond.notify_all()
         self.thread.join()
+
+
+class PackedSpill:
+    """Packed 4-bit units the plan holds on disk: written once, as their flat layout, to one file each in a
+    folder of the offload folder, then streamed back like any disk unit. The files are removed on detach."""
+
+    SUBDIR = "routerllm-nf4"
+
+    def __init__(self, folder: Any):
+        from pathlib import Path
+
+        self.folder = Path(folder) / self.SUBDIR
+        self.files: list[Any] = []
+        self.bytes = 0
+
+    def write(self, unit: Unit, reader: Reader) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / (unit.name.replace("/", "_") + ".nf4")
+        flat = torch.empty(unit.nbytes, dtype=torch.uint8)
+        reader.fill(unit.entries, flat, count_disk=unit.read_from_disk)
+        with open(path, "wb") as fh:
+            fh.write(memoryview(flat.numpy()))
+            fh.flush()
+            os.fsync(fh.fileno())
+        del flat
+        self.files.append(path)
+        self.bytes += unit.nbytes
+        for e in unit.entries:
+            e.source = Source(path=str(path), file_offset=e.offset)
+
+    def remove(self) -> None:
+        for path in self.files:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self.files.clear()
+        try:
+            self.folder.rmdir()
+        except OSError:  # not empty (not ours) or gone
+            pass
 
 
 # ----------------------------------------------------------------------------------------------- staging
