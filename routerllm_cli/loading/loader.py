@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from routerllm_cli.loading.checkpoint import Checkpoint, hf_cache_dir, hf_offlin
 from routerllm_cli.loading.choices import (check_quantization_backend, choose_attention, choose_sdpa_backends,
                                            quantization_config)
 from routerllm_cli.loading.failures import translate_load_error
-from routerllm_cli.loading.placement import (first_input_device, gpu_indices, measure_memory, offloaded_devices,
-                                             summarize_placement)
+from routerllm_cli.loading.placement import (PeakRSS, first_input_device, gpu_indices, measure_memory,
+                                             offloaded_devices, summarize_placement)
 from routerllm_cli.loading.progress import WeightsProgress, transformers_progress
 from routerllm_cli.loading.tokenizer import load_tokenizer
 
@@ -127,7 +128,10 @@ def load_device_map(plan: "DevicePlan", ckpt: Checkpoint) -> tuple[dict[str, Any
     they never exist in 16-bit in host memory; the offload engine then reads each weight from its shard,
     quantizes it with the bitsandbytes call `Linear4bit` uses and keeps only the packed bytes."""
     cpu_layers = gpu_indices(plan.device_map) and any(str(v) == "cpu" for v in plan.device_map.values())
-    if plan.host_format == "nf4" and plan.offload_engine == "routerllm" and ckpt.fmt == "safetensors" and cpu_layers:
+    # ROUTERLLM_QUANTIZE_ON_LOAD=0 loads them in 16-bit and packs after (benchmarks/quantize_on_load.py compares)
+    switched_off = os.environ.get("ROUTERLLM_QUANTIZE_ON_LOAD", "1").strip().lower() in ("0", "false", "no", "off")
+    if (plan.host_format == "nf4" and plan.offload_engine == "routerllm" and ckpt.fmt == "safetensors" and cpu_layers
+            and not switched_off):
         return {k: ("disk" if str(v) == "cpu" else v) for k, v in plan.device_map.items()}, True
     return dict(plan.device_map), False
 
@@ -258,53 +262,12 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
     rss_before = psutil.Process().memory_info().rss
     lock = OffloadLock(folder, command=f"routerllm load {plan.model.name}").acquire() if folder else None
     notes: list[str] = [sdpa_note] if sdpa_note else []
+    peak = PeakRSS()
     try:
-        try:
-            ckpt = locate_checkpoint(plan.model, token)
-            emit("checkpoint", bytes_total=ckpt.total_bytes, shards_total=len(ckpt.files) or None,
-                 message=str(ckpt.folder or plan.model.source))
-            tokenizer = load_tokenizer(plan.model, spec, token=token, notes=notes)
-            emit("tokenizer", message=type(tokenizer).__name__)
-            loaded_map, quantize_on_load = load_device_map(plan, ckpt)
-            if quantize_on_load:
-                notes.append("quantization: offloaded 4-bit layers are read from the checkpoint and quantized to NF4 "
-                             "one weight at a time, never held in 16-bit")
-            elif plan.host_format == "nf4" and offloaded_devices(plan.device_map):
-                notes.append(f"quantization: the checkpoint is {ckpt.fmt}, not safetensors: offloaded layers load in "
-                             "16-bit first and are packed after (more host memory than planned while loading)")
-            prefetcher = plan_prefetch(ckpt, plan)
-            watcher = WeightsProgress(ckpt, emit if progress is not None else None, prefetcher)
-            if prefetcher is not None:
-                prefetcher.start()
-            try:
-                with transformers_progress(watcher.hook):
-                    try:
-                        model = _from_pretrained(plan, spec, attn, folder, token, loaded_map)
-                    except ValueError as exc:  # an architecture without SDPA kernels: eager is always there
-                        if attn != "sdpa" or "sdpa" not in str(exc).lower():
-                            raise
-                        attn, attn_reason = "eager", f"{type(exc).__name__}: this architecture has no SDPA support"
-                        model = _from_pretrained(plan, spec, attn, folder, token, loaded_map)
-            finally:
-                if prefetcher is not None:
-                    prefetcher.stop()
-                    notes.append(f"read-ahead: {format_bytes(prefetcher.read_bytes)} of shards read sequentially "
-                                 f"ahead of the load in {prefetcher.seconds:.1f} s")
-            # measured before the engine takes modules over: placement as loaded, inputs where accelerate wants them
-            summary = summarize_placement(model, plan)
-            input_device = first_input_device(model)
-            emit("offload", message="placing offloaded modules")
-            engine = _attach_engine(model, plan, spec, notes, loaded_map, folder)
-            if engine is not None:
-                for dev, held in engine.stats().held_bytes.items():  # what the engine holds, as it holds it
-                    summary.setdefault(dev, {"layers": "", "bytes": 0, "modules": 0})["bytes"] = held
-        except RouterLLMError:
-            raise
-        except Exception as exc:
-            known = translate_load_error(exc, plan, folder)
-            if known is not None:
-                raise known from exc
-            raise
+        with peak:
+            model, tokenizer, ckpt, summary, input_device, engine, attn, why = _load(
+                plan, spec, attn, folder, token, notes, emit, progress)
+            attn_reason = why or attn_reason
     except BaseException:
         gc.collect()
         if lock is not None:
@@ -312,6 +275,7 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
         raise
     load_seconds = time.perf_counter() - start
     used, detail = measure_memory(plan, rss_before, folder)
+    detail["cpu"]["rss_peak_during_load"] = peak.peak
     notes = _quantization_notes(summary, plan, engine) + notes
     loaded = LoadedModel(
         model=model, tokenizer=tokenizer, plan=plan, load_seconds=load_seconds, attn_implementation=attn,
@@ -322,6 +286,60 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
     )
     emit("done", load_seconds=load_seconds)
     return loaded
+
+
+def _load(plan: "DevicePlan", spec: "ModelSpec", attn: str, folder: Path | None, token: str | None,
+          notes: list[str], emit: Callable[..., None], progress: Progress | None) -> tuple:
+    """Checkpoint, tokenizer, weights and the offload engine: (model, tokenizer, ckpt, summary, input device, engine,
+    attention, why it changed)."""
+    attn_reason = ""
+    try:
+        ckpt = locate_checkpoint(plan.model, token)
+        emit("checkpoint", bytes_total=ckpt.total_bytes, shards_total=len(ckpt.files) or None,
+             message=str(ckpt.folder or plan.model.source))
+        tokenizer = load_tokenizer(plan.model, spec, token=token, notes=notes)
+        emit("tokenizer", message=type(tokenizer).__name__)
+        loaded_map, quantize_on_load = load_device_map(plan, ckpt)
+        if quantize_on_load:
+            notes.append("quantization: offloaded 4-bit layers are read from the checkpoint and quantized to NF4 "
+                         "one weight at a time, never held in 16-bit")
+        elif plan.host_format == "nf4" and offloaded_devices(plan.device_map):
+            notes.append(f"quantization: the checkpoint is {ckpt.fmt}, not safetensors: offloaded layers load in "
+                         "16-bit first and are packed after (more host memory than planned while loading)")
+        prefetcher = plan_prefetch(ckpt, plan)
+        watcher = WeightsProgress(ckpt, emit if progress is not None else None, prefetcher)
+        if prefetcher is not None:
+            prefetcher.start()
+        try:
+            with transformers_progress(watcher.hook):
+                try:
+                    model = _from_pretrained(plan, spec, attn, folder, token, loaded_map)
+                except ValueError as exc:  # an architecture without SDPA kernels: eager is always there
+                    if attn != "sdpa" or "sdpa" not in str(exc).lower():
+                        raise
+                    attn, attn_reason = "eager", f"{type(exc).__name__}: this architecture has no SDPA support"
+                    model = _from_pretrained(plan, spec, attn, folder, token, loaded_map)
+        finally:
+            if prefetcher is not None:
+                prefetcher.stop()
+                notes.append(f"read-ahead: {format_bytes(prefetcher.read_bytes)} of shards read sequentially "
+                             f"ahead of the load in {prefetcher.seconds:.1f} s")
+        # measured before the engine takes modules over: placement as loaded, inputs where accelerate wants them
+        summary = summarize_placement(model, plan)
+        input_device = first_input_device(model)
+        emit("offload", message="placing offloaded modules")
+        engine = _attach_engine(model, plan, spec, notes, loaded_map, folder)
+        if engine is not None:
+            for dev, held in engine.stats().held_bytes.items():  # what the engine holds, as it holds it
+                summary.setdefault(dev, {"layers": "", "bytes": 0, "modules": 0})["bytes"] = held
+    except RouterLLMError:
+        raise
+    except Exception as exc:
+        known = translate_load_error(exc, plan, folder)
+        if known is not None:
+            raise known from exc
+        raise
+    return model, tokenizer, ckpt, summary, input_device, engine, attn, attn_reason
 
 
 # ------------------------------------------------------------------------------------------- generating

@@ -25,6 +25,37 @@ def offloaded_devices(device_map: dict[str, Any]) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- measuring
+class PeakRSS:
+    """The process's peak resident set size while the block runs, sampled every `interval` seconds on a thread
+    (what host memory a load really needed, packed offload buffers and mapped shard pages included)."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="routerllm-rss", daemon=True)
+
+    def _rss(self) -> int:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
 def module_device(name: str, device_map: dict[str, Any]) -> Any:
     best, found = -1, None
     for key, dev in device_map.items():
