@@ -160,7 +160,15 @@ def _generate_groups(generation: Any, loaded: Any, items: list, batch_size: int,
               device=loaded.input_device, **stopping)
     if continuous:
         last = time.perf_counter()
-        stream = generation.generate_continuous(
+        # With offloaded layers every forward pass streams the weights: keep the batch's cache across refills
+        # instead of re-reading every row's prompt and answer at each one
+        schedule = generation.generate_continuous
+        if loaded.offload is not None:
+            from routerllm_cli import continuous as kept
+
+            if kept.supports(loaded.model):
+                schedule = kept.generate_kept
+        stream = schedule(
             loaded.model, loaded.tokenizer, [(i, it[2]) for i, it in enumerate(items)], batch_size=batch_size,
             seed=b.seed if b.temperature > 0 else None, should_stop=lambda: stop.requested, **kw)
         for i, out in stream:

@@ -133,12 +133,13 @@ class OffloadEngine:
                                   fix="pass the device map the model was loaded with")  # fmt: skip
             if dev in _OFFLOADED and name == "":
                 raise ConfigError("the device map offloads the whole model", fix="map some modules to a GPU")
-        ordered = sorted(self.device_map, key=lambda n: order[n])
         runs = self.execution_devices
         if runs is None:
             from routerllm_cli.plan.placement import run_devices
 
             runs = run_devices(self.model, self.device_map)
+        self.device_map, runs = _split_containers(self.device_map, runs, modules)
+        ordered = sorted(self.device_map, key=lambda n: order[n])
         shared = self._shared_param_ids()
         for name in ordered:
             dev = self.device_map[name]
@@ -590,6 +591,27 @@ def attach_offload_engine(model: Any, device_map: dict[str, Any], **kw: Any) -> 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _split_containers(device_map: dict[str, Any], runs: dict[str, Any],
+                      modules: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A map entry for a ModuleList/ModuleDict ("model.layers": "disk" when every layer went there) becomes one
+    entry per child: a container's own forward never runs, so hooks on it would never bind its weights."""
+    import torch
+
+    out_map, out_runs = {}, dict(runs)
+    pending = list(device_map.items())
+    while pending:
+        name, dev = pending.pop(0)
+        module = modules.get(name)
+        if dev in _OFFLOADED and isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            children = [(f"{name}.{child}", dev) for child, _ in module.named_children()]
+            for child, _ in children:
+                out_runs.setdefault(child, runs.get(name))
+            pending = children + pending
+            continue
+        out_map[name] = dev
+    return out_map, out_runs
+
+
 def _read_entry(e: Entry, reader: Reader, *, count_disk: bool) -> Any:
     import torch
 
