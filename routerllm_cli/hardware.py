@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from routerllm_cli import hub
 from routerllm_cli.errors import ConfigError
 from routerllm_cli.units import format_bytes, parse_size
 
@@ -87,14 +88,6 @@ def _disk_free(path: Path) -> int | None:
         return shutil.disk_usage(probe).free
     except OSError:
         return None
-
-
-def hf_cache_dir() -> Path:
-    """Where huggingface_hub keeps downloaded repos: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
 
 
 def _visible_order(count: int, uuids: list[str]) -> list[int]:
@@ -193,7 +186,7 @@ def probe_hardware(offload_folder: Path | None = None, *, nvml: Any = None) -> H
 
 
 def _add_disks(report: HardwareReport, offload_folder: Path | None) -> None:
-    cache = _abs(hf_cache_dir())
+    cache = _abs(hub.cache_dir())
     report.hf_cache = str(cache)
     free = _disk_free(cache)
     if free is not None:
@@ -300,7 +293,7 @@ def disk_checks(hw: HardwareReport, offload_folder: Path | None, managed_folder:
     from routerllm_cli.offload.folder import LOCK_NAME, OffloadLock
 
     checks = []
-    cache = hw.hf_cache or str(_abs(hf_cache_dir()))
+    cache = hw.hf_cache or str(_abs(hub.cache_dir()))
     free = hw.free_disk_at(cache)
     checks.append(Check("hf_cache", "ok", f"HF cache {cache}: {format_bytes(free) if free is not None else 'unknown'} free"))
     if offload_folder is None:

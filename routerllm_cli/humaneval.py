@@ -23,6 +23,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from routerllm_cli import hub
 from routerllm_cli.errors import ConfigError, RunFailed
 
 HUB_DATASET = "openai/openai_humaneval"
@@ -44,9 +45,9 @@ def load_problems(source: str = "auto") -> tuple[list[dict], str]:
     if source == "package":
         return _from_package()
     if source == "hub":
-        return _from_hub(offline=_offline())
+        return _from_hub(offline=hub.datasets_offline())
     if source == "auto":
-        offline = _offline()
+        offline = hub.datasets_offline()
         # Offline, only a copy already on disk can come from the hub; online, a blocked network costs seconds.
         if (_cached_on_disk() if offline else _hub_reachable()):
             try:
@@ -61,16 +62,8 @@ def load_problems(source: str = "auto") -> tuple[list[dict], str]:
                       fix="use auto, hub, package, or the path of a HumanEval .jsonl(.gz) file")
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _cached_on_disk() -> bool:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    home = Path(os.environ.get("HF_HOME") or cache / "huggingface")
-    dirs = [Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or home / "hub"),
-            Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")]
+    dirs = [hub.cache_dir(), hub.datasets_cache_dir()]
     names = ("datasets--openai--openai_humaneval", "openai___openai_humaneval", "openai_humaneval")
     return any((d / n).exists() for d in dirs for n in names)
 

@@ -17,7 +17,7 @@ Everything a user can act on is raised as a `RouterLLMError` with the fix: CUDA 
 a model missing from the cache while offline, bitsandbytes without CUDA, a full disk under the offload folder.
 """
 
-from routerllm_cli.loading.checkpoint import Checkpoint, hf_cache_dir, hf_offline, locate_checkpoint, plan_prefetch
+from routerllm_cli.loading.checkpoint import Checkpoint, locate_checkpoint, plan_prefetch
 from routerllm_cli.loading.choices import (check_quantization_backend, choose_attention, choose_sdpa_backends,
                                            quantization_config)
 from routerllm_cli.loading.failures import translate_load_error
@@ -27,7 +27,7 @@ from routerllm_cli.loading.tokenizer import GGUF_SPM_MIN_TRANSFORMERS, check_ggu
 
 __all__ = [
     "DEFAULT_PROMPT", "GGUF_SPM_MIN_TRANSFORMERS", "Checkpoint", "LoadedModel", "check_gguf_tokenizer",
-    "check_quantization_backend", "choose_attention", "choose_sdpa_backends", "hf_cache_dir", "hf_offline",
+    "check_quantization_backend", "choose_attention", "choose_sdpa_backends",
     "load_and_test", "load_model", "load_tokenizer", "locate_checkpoint", "measure_memory", "plan_prefetch",
     "quantization_config", "summarize_placement", "test_generation", "translate_load_error",
 ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from routerllm_cli import hub
 from routerllm_cli.errors import ConfigError
 from routerllm_cli.loading.placement import gpu_indices, module_device
 
@@ -18,18 +19,6 @@ if TYPE_CHECKING:
 
 
 PREFETCH_MIN_BYTES = 64 * 2**20  # below this a load is over before read-ahead could matter
-
-
-def hf_cache_dir() -> str:
-    """The hub cache as a string (what `from_pretrained(cache_dir=...)` takes), read from the environment at call
-    time: `hardware.hf_cache_dir`."""
-    from routerllm_cli.hardware import hf_cache_dir as hub_cache
-
-    return str(hub_cache())
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 # ------------------------------------------------------------------------------------------- checkpoint
@@ -83,12 +72,12 @@ def _hub_snapshot(repo_id: str, token: str | None) -> Path | None:
     """The cached snapshot folder of a hub model, or None. Raises ConfigError when offline and it is missing."""
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=hf_cache_dir())
+    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(hub.cache_dir()))
     if isinstance(cached, str):
         return Path(cached).parent
-    if hf_offline():
+    if hub.offline():
         raise ConfigError(
-            f"{repo_id} is not in the Hugging Face cache ({hf_cache_dir()}) and HF_HUB_OFFLINE is set",
+            f"{repo_id} is not in the Hugging Face cache ({hub.cache_dir()}) and HF_HUB_OFFLINE is set",
             fix=f"download it first with network access (`hf download {repo_id}`), point HF_HOME at the cache "
             "that holds it, or unset HF_HUB_OFFLINE",
         )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from routerllm_cli.errors import ConfigError, RouterLLMError, RunFailed
 from routerllm_cli.units import format_bytes
-from routerllm_cli.loading.checkpoint import hf_cache_dir, hf_offline
+from routerllm_cli import hub
 from routerllm_cli.loading.placement import gpu_indices
 
 if TYPE_CHECKING:
@@ -59,10 +59,10 @@ def translate_load_error(exc: BaseException, plan: "DevicePlan", offload_folder:
                 fix="check the id, or log in with `hf auth login` / set HF_TOKEN if it is private",
             )
         if name == "LocalEntryNotFoundError" or "couldn't connect" in text.lower() or (
-            hf_offline() and "offline" in text.lower()
+            hub.offline() and "offline" in text.lower()
         ):
             return ConfigError(
-                f"{model_id} is not complete in the Hugging Face cache ({hf_cache_dir()}) and the hub cannot be reached",
+                f"{model_id} is not complete in the Hugging Face cache ({hub.cache_dir()}) and the hub cannot be reached",
                 fix=f"download it with network access (`hf download {model_id}`) or point HF_HOME at the cache that holds it",
             )
         if isinstance(e, OSError) and e.errno == 28:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from routerllm_cli.errors import ConfigError, NoGoError, RouterLLMError, RunFailed
 from routerllm_cli.units import format_bytes
-from routerllm_cli.loading.checkpoint import Checkpoint, hf_cache_dir, hf_offline, locate_checkpoint, plan_prefetch
+from routerllm_cli import hub
+from routerllm_cli.loading.checkpoint import Checkpoint, locate_checkpoint, plan_prefetch
 from routerllm_cli.loading.choices import (check_quantization_backend, choose_attention, choose_sdpa_backends,
                                            quantization_config)
 from routerllm_cli.loading.failures import translate_load_error
@@ -146,8 +147,8 @@ def _from_pretrained(plan: "DevicePlan", spec: "ModelSpec", attn: str, offload_f
         dtype=getattr(torch, plan.dtype),
         device_map=device_map,  # the planner's dict (see load_device_map): a dict keeps 4-bit CPU offload working
         attn_implementation=attn,
-        cache_dir=hf_cache_dir(),
-        local_files_only=hf_offline(),
+        cache_dir=str(hub.cache_dir()),
+        local_files_only=hub.offline(),
         trust_remote_code=spec.trust_remote_code,
     )
     if offload_folder is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from routerllm_cli.errors import ConfigError
-from routerllm_cli.loading.checkpoint import hf_cache_dir, hf_offline
+from routerllm_cli import hub
 
 if TYPE_CHECKING:
     from routerllm_cli.config import ModelSpec
@@ -18,7 +18,7 @@ def load_tokenizer(ref: Any, spec: "ModelSpec", *, token: str | None = None, not
     had to be corrected to match a GGUF file goes to `notes`."""
     from transformers import AutoTokenizer
 
-    kwargs: dict[str, Any] = dict(cache_dir=hf_cache_dir(), local_files_only=hf_offline(),
+    kwargs: dict[str, Any] = dict(cache_dir=str(hub.cache_dir()), local_files_only=hub.offline(),
                                   trust_remote_code=spec.trust_remote_code)
     if token:
         kwargs["token"] = token

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from routerllm_cli import hub
 from routerllm_cli.catalog import ModelRef
 from routerllm_cli.config import ModelSpec
-from routerllm_cli.hardware import Check, HardwareReport, hf_cache_dir
+from routerllm_cli.hardware import Check, HardwareReport
 from routerllm_cli.units import format_bytes
-from routerllm_cli.plan.meta import _offline
 
 
 # --- model availability ----------------------------------------------------------------------------------------
@@ -77,9 +77,9 @@ def model_checks(ref: ModelRef, spec: ModelSpec, hw: HardwareReport, *, token: s
         return checks
     repo = ref.model_id
     what = f"catalog {entry.name} = {repo} (config shipped)" if entry else f"hub {repo}"
-    snap = _cached_snapshot(repo)
+    snap = hub.cached_snapshot(repo)
     cached = bool(snap and _weight_files(snap))
-    offline = _offline()
+    offline = hub.offline()
     if cached:
         checks.append(Check("model", "ok", f"{what}: weights in the HF cache ({format_bytes(checkpoint)})"))
     elif offline:
@@ -117,7 +117,7 @@ def checkpoint_bytes(ref: ModelRef, params: int) -> int:
         files = _weight_files(Path(ref.model_id))
         if files:
             return sum(f.stat().st_size for f in files)
-    snap = _cached_snapshot(ref.model_id) if ref.kind in ("catalog", "hub") else None
+    snap = hub.cached_snapshot(ref.model_id) if ref.kind in ("catalog", "hub") else None
     if snap is not None:
         files = _weight_files(snap)
         if files:
@@ -128,16 +128,3 @@ def checkpoint_bytes(ref: ModelRef, params: int) -> int:
 def _weight_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     return files or sorted(folder.glob("*.bin"))
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    if "/" not in repo_id:
-        return None
-    repo = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        snap = repo / "snapshots" / ref.read_text().strip()
-        if snap.is_dir():
-            return snap
-    snaps = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
-    return snaps[-1] if snaps else None

@@ -3,38 +3,34 @@
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from routerllm_cli import hub
 from routerllm_cli.catalog import ModelRef
 from routerllm_cli.config import BYTES_PER_PARAM, NF4_BYTES_PER_PARAM, ModelSpec
 from routerllm_cli.errors import ConfigError
-from routerllm_cli.hardware import HardwareReport, hf_cache_dir
+from routerllm_cli.hardware import HardwareReport
 
 
 # --- where the config comes from -------------------------------------------------------------------------------
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def hub_config_path(repo_id: str, token: str | None = None) -> Path:
     """config.json of a hub repo from the HF cache, fetched (a few KB) only when online."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=hf_cache_dir())
+    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(hub.cache_dir()))
     if isinstance(cached, str):
         return Path(cached)
     fix = f"hf download {repo_id} config.json"
-    if _offline():
-        raise ConfigError(f"config.json for {repo_id} is not in the HF cache ({hf_cache_dir()}) and HF_HUB_OFFLINE is set",
+    if hub.offline():
+        raise ConfigError(f"config.json for {repo_id} is not in the HF cache ({hub.cache_dir()}) and HF_HUB_OFFLINE is set",
                           fix=f"{fix} (on a machine with network, same HF_HOME), or unset HF_HUB_OFFLINE")
     try:
-        return Path(hf_hub_download(repo_id, "config.json", cache_dir=hf_cache_dir(), token=token, etag_timeout=5))
+        return Path(hf_hub_download(repo_id, "config.json", cache_dir=str(hub.cache_dir()), token=token, etag_timeout=5))
     except Exception as exc:  # noqa: BLE001 - gated, missing, no network: all end the same way for the planner
         raise ConfigError(f"cannot fetch config.json for {repo_id}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
                           fix=f"{fix}; for gated repos accept the license and run `hf auth login` (or set HF_TOKEN)") from None
