@@ -7,21 +7,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# The loader's modules read device maps through these names; the one implementation is routerllm_cli.device_map.
+from routerllm_cli.device_map import device_of, gpu_indices, offloaded_devices  # noqa: F401
+from routerllm_cli.device_map import device_of as module_device  # noqa: F401
 
 if TYPE_CHECKING:
     from routerllm_cli.plan import DevicePlan
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|block)\.(\d+)$")
-
-
-def gpu_indices(device_map: dict[str, Any]) -> list[int]:
-    return sorted({v for v in device_map.values() if isinstance(v, int) and not isinstance(v, bool)})
-
-
-def offloaded_devices(device_map: dict[str, Any]) -> set[str]:
-    values = {str(v) for v in device_map.values()}
-    return values & {"cpu", "disk"} if gpu_indices(device_map) else values & {"disk"}
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -56,14 +50,6 @@ class PeakRSS:
         self._thread.join()
         self.peak = max(self.peak, self._rss())
 
-def module_device(name: str, device_map: dict[str, Any]) -> Any:
-    best, found = -1, None
-    for key, dev in device_map.items():
-        if key == "" or name == key or name.startswith(key + "."):
-            if len(key) > best:
-                best, found = len(key), dev
-    return found
-
 
 def _tensor_bytes(t: Any) -> int:
     return t.numel() * t.element_size()
@@ -79,7 +65,7 @@ def summarize_placement(model: Any, plan: "DevicePlan") -> dict[str, dict]:
         if id(t) in seen:
             continue
         seen.add(id(t))
-        dev = module_device(name, plan.device_map)
+        dev = device_of(name, plan.device_map)
         key = str(dev) if dev is not None else "cpu"
         out.setdefault(key, {"layers": "", "bytes": 0, "modules": 0})["bytes"] += _tensor_bytes(t)
         qs = getattr(t, "quant_state", None)  # NF4 absmax and friends live beside the packed weight

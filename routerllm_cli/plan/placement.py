@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable
 
+# the planner and routerllm_cli.plan import these from here; the one implementation is routerllm_cli.device_map
+from routerllm_cli.device_map import device_of, is_gpu as _is_gpu, is_offloaded, key_of  # noqa: F401
 from routerllm_cli.plan.types import Device
 
 
@@ -122,18 +124,6 @@ def weightless_to_first_gpu(model, device_map: dict[str, Device]) -> dict[str, D
     return out
 
 
-def is_offloaded(device: Any, device_map: dict[str, Any]) -> bool:
-    """cpu and disk entries are offloaded when the map has a GPU to run them on; without one, cpu is where
-    everything computes and only disk is offloaded."""
-    if str(device) == "disk":
-        return True
-    return str(device) == "cpu" and any(_is_gpu(d) for d in device_map.values())
-
-
-def _is_gpu(device: Any) -> bool:
-    return (isinstance(device, int) and not isinstance(device, bool)) or str(device).startswith("cuda")
-
-
 def run_devices(model, device_map: dict[str, Any], *, engine: str = "routerllm") -> dict[str, Any]:
     """Where each map entry computes, and so keeps its KV cache. The one rule: an entry on a device computes
     there; an offloaded entry runs, under routerllm's engine, where the hidden states are - on the device of the
@@ -155,21 +145,6 @@ def run_devices(model, device_map: dict[str, Any], *, engine: str = "routerllm")
         else:
             out[k] = (first_gpu if first_gpu is not None else "cpu") if engine == "accelerate" else previous
     return out
-
-
-def key_of(name: str, device_map: dict[str, Device]) -> str | None:
-    """The device-map entry that places `name`: its longest matching prefix."""
-    best: str | None = None
-    for key in device_map:
-        if (key == "" or name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
-            best = key
-    return best
-
-
-def device_of(name: str, device_map: dict[str, Device]) -> Device | None:
-    """The device of a tensor or module name under a (cleaned) device map."""
-    key = key_of(name, device_map)
-    return None if key is None else device_map[key]
 
 
 def _balanced(budgets: dict[Device, int], gpu_total: int, buffer: int) -> dict[Device, int]:
