@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from routerllm_cli.errors import ConfigError
+from routerllm_cli.hardware import cuda_visible_devices
 
 # World average carbon intensity of electricity generation: 475 g CO2/kWh (IEA, Global Energy & CO2 Status
 # Report 2019, for 2018). Ember's Global Electricity Review 2024 gives 480 g for 2023: the figure is stable.
@@ -140,33 +141,18 @@ def _load_pynvml() -> Any | None:
     return pynvml
 
 
-def _visible_gpu_indices(nvml: Any, count: int, env: str | None) -> list[int]:
-    """NVML indices of the GPUs this process may use, from CUDA_VISIBLE_DEVICES (indices or GPU UUIDs).
-
-    Counting every GPU on a shared host would charge this run for its neighbours' work. Numeric entries
-    are read as NVML (PCI bus) order, which matches CUDA's only with CUDA_DEVICE_ORDER=PCI_BUS_ID.
-    """
-    if env is None or not env.strip():
-        return list(range(count))
-    wanted = [e.strip() for e in env.split(",") if e.strip()]
-    indices: list[int] = []
-    uuids: dict[str, int] | None = None
-    for entry in wanted:
-        if entry.lstrip("-").isdigit():
-            if int(entry) < 0:
-                break  # CUDA stops at the first invalid index
-            if int(entry) < count:
-                indices.append(int(entry))
-            continue
-        if uuids is None:
-            uuids = {}
-            for i in range(count):
-                uuid = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))
-                uuids[uuid.decode() if isinstance(uuid, bytes) else uuid] = i
-        match = [i for u, i in uuids.items() if u.startswith(entry)]
-        if match:
-            indices.append(match[0])
-    return indices
+def _visible_gpu_indices(nvml: Any, count: int, env: str | None) -> tuple[list[int], tuple[str, ...]]:
+    """NVML indices of the GPUs this process may use (hardware.cuda_visible_devices' reading), and the MIG slices
+    it names. Counting every GPU on a shared host would charge this run for its neighbours' work."""
+    uuids = []
+    if env is not None and env.strip():  # only a list that may name UUIDs needs them
+        for i in range(count):
+            uuid = nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))
+            uuids.append(uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+    else:
+        uuids = [""] * count
+    visible = cuda_visible_devices(env, uuids)
+    return visible.nvml_indices, visible.mig
 
 
 # --- CPU: RAPL or estimate -----------------------------------------------------------------------------
@@ -330,7 +316,10 @@ class EnergyMeter:
         count = nvml.nvmlDeviceGetCount()
         indices = self._gpu_indices
         if indices is None:
-            indices = _visible_gpu_indices(nvml, count, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            indices, mig = _visible_gpu_indices(nvml, count, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            if mig:  # a card's counter covers every slice on it: charging it would bill the neighbours
+                self._notes.append("CUDA_VISIBLE_DEVICES names MIG slices, which have no energy counter of their "
+                                   "own: their GPU energy is not counted")
         for i in indices:
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(i)

@@ -16,7 +16,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from routerllm_cli import hub
 from routerllm_cli.errors import ConfigError
@@ -90,27 +90,39 @@ def _disk_free(path: Path) -> int | None:
         return None
 
 
-def _visible_order(count: int, uuids: list[str]) -> list[int]:
-    """NVML indices in CUDA ordinal order. NVML enumerates every GPU in PCI order; CUDA only those in
-    CUDA_VISIBLE_DEVICES, renumbered from 0, so a plan for "GPU 1" must describe the right card."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return list(range(count))
+@dataclass(frozen=True)
+class VisibleDevices:
+    """What CUDA_VISIBLE_DEVICES leaves a process: whole GPUs as NVML indices in CUDA ordinal order, and any MIG
+    slices it names (a slice has its own memory and no energy counter of its own, so neither is read as a card)."""
+
+    nvml_indices: list[int]
+    mig: tuple[str, ...] = ()
+
+
+def cuda_visible_devices(env: str | None, uuids: Sequence[str]) -> VisibleDevices:
+    """CUDA's reading of CUDA_VISIBLE_DEVICES, over NVML's GPUs (`uuids[i]` is NVML device i's UUID).
+
+    Unset: every GPU, in NVML order. Empty: none. Otherwise a comma-separated list, renumbered from 0 in its
+    order, of ordinals (NVML/nvidia-smi order), GPU UUIDs or unique UUID prefixes ("GPU-8932f937"), and MIG
+    slices ("MIG-..."). The list ends at the first entry that names no GPU (-1, an ordinal past the last GPU,
+    a prefix matching none or several, an empty item); a GPU named twice ends it too, so no card is counted
+    twice."""
+    if env is None:
+        return VisibleDevices(list(range(len(uuids))))
     order: list[int] = []
-    for item in (v.strip() for v in visible.split(",")):
-        if not item:
-            break
+    mig: list[str] = []
+    for item in (v.strip() for v in env.split(",")) if env.strip() else ():
+        if item.upper().startswith("MIG-"):
+            mig.append(item)
+            continue
         if item.lstrip("-").isdigit():
-            idx = int(item)
-            if idx < 0 or idx >= count:
-                break  # CUDA stops at the first invalid entry
-            order.append(idx)
+            match = [int(item)] if 0 <= int(item) < len(uuids) else []
         else:
-            match = [i for i, u in enumerate(uuids) if u and (u == item or u.startswith(item))]
-            if len(match) != 1:
-                break
-            order.append(match[0])
-    return order
+            match = [i for i, u in enumerate(uuids) if item and u and u.startswith(item)]
+        if len(match) != 1 or match[0] in order:
+            break  # CUDA stops at the first invalid entry
+        order.append(match[0])
+    return VisibleDevices(order, tuple(mig))
 
 
 def _cuda_version(raw: int | None) -> str | None:
@@ -148,9 +160,13 @@ def probe_gpus(nvml: Any = None) -> tuple[list[GPUInfo], str | None, str | None,
                 uuids.append(_text(nvml.nvmlDeviceGetUUID(h)))
             except Exception:  # noqa: BLE001
                 uuids.append("")
+        visible = cuda_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids)
+        if visible.mig:
+            return [], driver, cuda, (f"CUDA_VISIBLE_DEVICES names MIG slices ({', '.join(visible.mig)}), which "
+                                      "routerllm does not size; plan one with --assume-gpus 1x<its memory>")
         gpus = []
         own = os.getpid()
-        for ordinal, nvml_index in enumerate(_visible_order(count, uuids)):
+        for ordinal, nvml_index in enumerate(visible.nvml_indices):
             h = handles[nvml_index]
             mem = nvml.nvmlDeviceGetMemoryInfo(h)
             procs = []

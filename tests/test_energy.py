@@ -84,12 +84,23 @@ def test_gpu_energy_is_the_counter_difference_per_gpu(no_rapl, monkeypatch):
 
 def test_only_visible_gpus_are_charged(no_rapl, monkeypatch):
     nvml = FakeNVML({0: 0, 1: 0, 2: 0, 3: 0})
-    for env, expected in (("2", [2]), ("GPU-00000003", [3]), ("1,0", [1, 0])):
+    # the same reading as the hardware probe's (tests/test_hardware.py has every case)
+    for env, expected in (("2", [2]), ("GPU-00000003", [3]), ("1,0", [1, 0]), ("", []), ("-1", []),
+                          ("0,7,1", [0]), ("GPU-0000000", [])):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
         meter = EnergyMeter(nvml=nvml, rapl_root=no_rapl).start()
         for i in nvml.counters:
             nvml.counters[i] += 1000
         assert sorted(meter.stop().gpu_joules) == sorted(expected), env
+
+
+def test_mig_slices_are_not_charged_the_whole_card(no_rapl, monkeypatch):
+    nvml = FakeNVML({0: 0, 1: 0})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-4b8c2f1e-5a3d-5c7e-9f10-123456789abc")
+    with EnergyMeter(nvml=nvml, rapl_root=no_rapl) as meter:
+        nvml.counters[0] += 5000
+    assert meter.reading.gpu_joules == {}
+    assert any("MIG" in n and "not counted" in n for n in meter.reading.notes)
 
 
 def test_gpu_without_energy_counter_is_left_out_with_a_note(no_rapl, monkeypatch):

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from routerllm_cli.errors import ConfigError
-from routerllm_cli.hardware import (HardwareReport, assume_hardware, disk_checks, gpu_checks, machine_checks,
-                                    package_checks, parse_gpu_spec, probe_hardware)
+from routerllm_cli.hardware import (HardwareReport, assume_hardware, cuda_visible_devices, disk_checks, gpu_checks,
+                                    machine_checks, package_checks, parse_gpu_spec, probe_hardware)
 
 GB = 10**9
 
@@ -91,6 +91,37 @@ def test_cuda_visible_devices_renumbers_like_cuda(monkeypatch):
     assert [g.free_bytes for g in hw.gpus] == [85_520_809_984 - 12_500_000_000, 85_520_809_984 - 500_000_000]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert probe_hardware(nvml=fake).gpus == []
+
+
+UUIDS = ["GPU-8932f937-d72c-4106-c12f-20bd9faed9f6", "GPU-8932aaaa-0000-0000-0000-000000000001",
+         "GPU-bbbb0000-0000-0000-0000-000000000002"]
+
+
+@pytest.mark.parametrize("env, expected", [
+    (None, [0, 1, 2]),                                  # unset: every GPU
+    ("", []), ("  ", []),                               # empty: none
+    ("2,0", [2, 0]), (" 1 , 2 ", [1, 2]),               # ordinals, renumbered in the order given
+    ("-1", []), ("0,2,-1,1", [0, 2]),                   # CUDA's own example: the list ends at -1
+    ("0,3,1", [0]),                                     # past the last GPU ends it too
+    ("0,,1", [0]), ("0,0,1", [0]),                      # an empty item, a GPU named twice
+    (UUIDS[2], [2]), ("GPU-bbbb,1", [2, 1]),            # a UUID, or enough of it to be unique
+    ("GPU-8932", []), ("GPU-8932f937,GPU-8932", [0]),   # a prefix two GPUs share names neither
+    ("8932f937", []),                                   # a UUID without "GPU-" is not one
+])
+def test_cuda_visible_devices_reads_like_cuda(env, expected):
+    visible = cuda_visible_devices(env, UUIDS)
+    assert visible.nvml_indices == expected and visible.mig == ()
+
+
+def test_mig_slices_are_named_not_sized_as_whole_cards(monkeypatch):
+    mig = "MIG-4b8c2f1e-5a3d-5c7e-9f10-123456789abc"
+    assert cuda_visible_devices(mig, UUIDS).mig == (mig,)
+    assert cuda_visible_devices(f"MIG-{UUIDS[0]}/1/0", UUIDS).mig == (f"MIG-{UUIDS[0]}/1/0",)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mig)
+    hw = probe_hardware(nvml=two_h100s())
+    assert hw.gpus == [] and "MIG" in hw.nvml_error and "--assume-gpus" in hw.nvml_error
+    check = gpu_checks(hw)[0]
+    assert check.status == "warn" and mig in check.detail
 
 
 def test_no_driver_is_a_clear_line_not_a_crash(monkeypatch):
