@@ -274,3 +274,33 @@ def test_a_transformers_that_mis_splits_gguf_sentencepiece_is_refused(monkeypatc
     assert "wrong pieces" in str(info.value) and "transformers>=5.23" in info.value.fix
     smol, smol_path = _embedded_tokenizer("smollm2_135m")  # a BPE ("gpt2") tokenizer converts fine there
     assert check_gguf_tokenizer(smol, smol_path) == []
+
+
+def test_the_cli_maps_failures_outside_a_load_through_the_same_table():
+    """The last line of defence (cli/errors.py) reads loading/failures.py's table, without a plan to name a GPU."""
+    import errno
+
+    import torch
+    import typer
+
+    from routerllm_cli.cli.errors import handle_errors
+
+    def failing(exc):
+        @handle_errors
+        def command():
+            raise exc
+        return command
+
+    cases = [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 1, "--4bit"),
+        (OSError("You are trying to access a gated repo.\nMore text"), 2, "hf auth login"),
+        (OSError(errno.ENOSPC, "No space left on device", "/data/x"), 1, "larger disk"),
+        (OSError("Cannot reach the hub: offline mode is enabled."), 2, "hf download"),
+    ]
+    for exc, code, fix in cases:
+        known = translate_load_error(exc)
+        assert known is not None and known.exit_code == code and fix in known.fix, exc
+        with pytest.raises(typer.Exit) as info:
+            failing(exc)()
+        assert info.value.exit_code == code
+    assert translate_load_error(ValueError("something else")) is None

@@ -26,20 +26,11 @@ def _print_error(line: str) -> None:
 
 
 def _known_exception(exc: BaseException) -> tuple[str, int] | None:
-    """Map third-party failures that have a known fix to (line, exit code)."""
-    name = type(exc).__name__
-    text = str(exc).splitlines()[0] if str(exc) else name
-    if name == "OutOfMemoryError":
-        return (f"CUDA out of memory: {text[:200]} - fix: lower that GPU's max_memory, set use_4bit: true, "
-                "or run `routerllm preflight` to see the plan", 1)
-    if name in ("GatedRepoError", "RepositoryNotFoundError"):
-        return (f"{text[:200]} - fix: accept the license on the model page and run `hf auth login` "
-                "(or set HF_TOKEN)", 2)
-    if name == "LocalEntryNotFoundError" or "offline mode" in text.lower():
-        return (f"{text[:200]} - fix: download the model first (`hf download <id>`) or unset HF_HUB_OFFLINE", 2)
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
-        return (f"disk full: {text[:200]} - fix: free space there or point offload_folder at a larger disk", 1)
-    return None
+    """Third-party failures with a known fix, from the one table (loading/failures.py), as (line, exit code)."""
+    from routerllm_cli.loading.failures import translate_load_error
+
+    known = translate_load_error(exc)
+    return (known.one_line(), known.exit_code) if known is not None else None
 
 
 def handle_errors(func: F) -> F:
