@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from routerllm_cli.errors import RouterLLMError
+from routerllm_cli.units import format_duration
 
 REQUIRED_KEYS = ("name", "accuracy", "accuracy_kind", "latency_mean_s", "latency_p95_s", "wall_s", "kwh",
                  "co2_g", "cost_usd")
@@ -67,17 +68,6 @@ def _num(value: Any) -> float | None:
 def _fmt(value: Any, spec: str, suffix: str = "", prefix: str = "") -> str:
     v = _num(value)
     return "-" if v is None else f"{prefix}{v:{spec}}{suffix}"
-
-
-def format_duration(seconds: Any) -> str:
-    s = _num(seconds)
-    if s is None:
-        return "-"
-    if s < 60:
-        return f"{s:.2f} s"
-    minutes, sec = divmod(int(round(s)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {sec:02d}s" if hours else f"{minutes}m {sec:02d}s"
 
 
 def format_cost(usd: Any) -> str:

@@ -1,4 +1,5 @@
-"""The one parser for memory sizes ("70GB", "70GiB", "512MB", plain byte counts) and the one formatter.
+"""The one parser for memory sizes ("70GB", "70GiB", "512MB", plain byte counts), and the one formatter of
+sizes and of durations.
 
 Semantics match accelerate's `convert_file_size_to_int`: "GB"/"MB"/"KB" are powers of 10, "GiB"/"MiB"/"KiB"
 are powers of 2, and a lower-case "b" ("8Gb") means bits, so a `max_memory` written for accelerate means the
@@ -8,6 +9,7 @@ validation and `--help` stay instant.
 
 from __future__ import annotations
 
+import math
 import re
 
 from routerllm_cli.errors import ConfigError
@@ -60,18 +62,19 @@ def format_bytes(n: int | float, *, binary: bool = False) -> str:
     return f"{size:.1f} {units[-1]}"
 
 
-def format_gb(n: int | float) -> str:
-    return f"{n / 1e9:.2f} GB"
-
-
-def format_seconds(seconds: float) -> str:
-    """A duration for people: ms, s, min, h or days, whichever reads best."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
+def format_duration(seconds: int | float | None) -> str:
+    """The one way a duration is shown, measured or estimated: "850 ms", "4.25 s", "2m 05s", "2h 05m", "1d 18h";
+    "-" for none."""
+    if seconds is None or math.isnan(float(seconds)):
+        return "-"
+    s = max(float(seconds), 0.0)
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.2f} s"
+    minutes, sec = divmod(int(round(s)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours:02d}h"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {sec:02d}s"

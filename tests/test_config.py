@@ -8,7 +8,7 @@ import pytest
 
 from routerllm_cli.config import load_settings
 from routerllm_cli.errors import ConfigError
-from routerllm_cli.units import parse_size
+from routerllm_cli.units import format_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,3 +163,9 @@ def test_new_model_keys_refuse_bad_values_in_one_line(tmp_path):
     assert "torch_dtype" in _err(large(torch_dtype="float8"))
     ok = load_settings(None, large(cudnn_attention=True, torch_dtype="auto")).large
     assert ok.cudnn_attention is True and ok.torch_dtype == "auto"
+
+
+def test_one_duration_format_for_tables_estimates_and_the_eta():
+    cases = {0.85: "850 ms", 4.254: "4.25 s", 59.99: "59.99 s", 125: "2m 05s", 3723: "1h 02m", 7199: "1h 59m", 7200: "2h 00m",
+             86400 * 3 + 3600 * 4: "3d 04h", None: "-", float("nan"): "-"}
+    assert {s: format_duration(s) for s in cases} == cases

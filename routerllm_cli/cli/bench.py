@@ -13,6 +13,7 @@ from routerllm_cli.cli.errors import handle_errors
 from routerllm_cli.cli.options import (ConfigOpt, JsonOpt, MaxMemoryOpt, ModelOpt, ResultsDirOpt, Use4bitOpt,
                                        Use8bitOpt, model_overrides)
 from routerllm_cli.cli.output import Output
+from routerllm_cli.units import format_duration
 
 EPILOG = """Examples:
 
@@ -71,9 +72,7 @@ class BenchScreen:
                                  TextColumn("{task.fields[stats]}"), console=self.out.err, transient=False)
         hint = ""
         if self.eta_hint:
-            eta = self.eta_hint
-            hint = f"~{eta:.0f} s" if eta < 120 else f"~{eta / 60:.0f} min" if eta < 7200 else f"~{eta / 3600:.1f} h"
-            hint += " (preflight estimate)"
+            hint = f"~{format_duration(self.eta_hint)} (preflight estimate)"
         self.task = self.progress.add_task("bench", total=self.total, completed=self._done0, stats=hint)
         self.progress.start()
 

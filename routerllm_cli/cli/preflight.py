@@ -12,6 +12,7 @@ from routerllm_cli.cli.errors import handle_errors
 from routerllm_cli.cli.options import (ConfigOpt, JsonOpt, MaxMemoryOpt, ModelOpt, Use4bitOpt, Use8bitOpt,
                                        model_overrides)
 from routerllm_cli.cli.output import Output
+from routerllm_cli.units import format_duration
 
 EPILOG = """Examples:
 
@@ -36,18 +37,6 @@ def _gb(n: int | float | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1e9:,.1f}" if abs(n) >= 1e9 or n == 0 else f"{n / 1e9:.3f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 @handle_errors
@@ -206,10 +195,10 @@ def _render(c: Any, report: Any, load: dict | None) -> None:
     c.print(t)
 
     e = plan.estimates
-    c.print(f"estimates: load ~{_duration(e['load_seconds'])}, {e['seconds_per_token']:.3g} s per decode step "
+    c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['seconds_per_token']:.3g} s per decode step "
             f"({e['tokens_per_second']:.3g} tokens/s at batch {plan.batch_size}; bandwidth floor "
-            f"{e['seconds_per_token_floor']:.3g} s), bench ~{_duration(e['bench_seconds'])} "
-            f"(total with load ~{_duration(e['total_seconds'])})")
+            f"{e['seconds_per_token_floor']:.3g} s), bench ~{format_duration(e['bench_seconds'])} "
+            f"(total with load ~{format_duration(e['total_seconds'])})")
     for note in plan.notes:
         c.print(f"[dim]- {escape(note)}[/]")
 

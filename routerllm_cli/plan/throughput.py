@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routerllm_cli.estimates import Bandwidths, StepBytes, estimate
-from routerllm_cli.units import format_bytes, format_seconds
+from routerllm_cli.units import format_bytes, format_duration
 from routerllm_cli.plan.types import CPU_BATCH, MAX_AUTO_BATCH, Device, DeviceAllocation
 
 
@@ -180,8 +180,8 @@ def trade_note(chosen: Evaluation, considered: list[Evaluation]) -> str | None:
     moved = chosen.layers_on("cpu") + chosen.layers_on("disk") - one.layers_on("cpu") - one.layers_on("disk")
     where = (f"{moved} more layers off the GPUs" if moved > 0 else f"{-moved} fewer layers off the GPUs" if moved < 0
              else "the same placement")
-    before = format_seconds(one.estimates["total_seconds"]) + ("" if one.feasible else " and no-go")
+    before = format_duration(one.estimates["total_seconds"]) + ("" if one.feasible else " and no-go")
     return (f"batch {chosen.batch} chosen for the bench's wall time: {where}, step "
             f"{chosen.estimates['seconds_per_token']:.3g} s instead of {one.estimates['seconds_per_token']:.3g} s, "
-            f"bench with load {format_seconds(chosen.estimates['total_seconds'])} instead of {before} at batch 1 "
+            f"bench with load {format_duration(chosen.estimates['total_seconds'])} instead of {before} at batch 1 "
             "(pin it with --batch-size)")
