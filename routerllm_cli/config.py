@@ -48,7 +48,9 @@ class ModelSpec(_Strict):
     torch_dtype: Dtype = "auto"
     device_map: Literal["auto", "balanced", "sequential"] | dict[str, int | str] = "auto"
     offload_folder: Path | None = None
-    offload_state_dict: bool = True
+    # Accepted so the setup guide's configs keep loading; transformers 5 reads checkpoints shard by shard and
+    # streams disk-placed weights in place, so there is nothing for it to switch (see offload_notes).
+    offload_state_dict: bool | None = None
     offload_engine: Literal["routerllm", "accelerate"] = "routerllm"
     pin_memory_budget: int | None = None  # bytes of pinned host memory the offload engine may use
     trust_remote_code: bool = False
@@ -116,6 +118,9 @@ class ModelSpec(_Strict):
     def offload_notes(self) -> list[str]:
         """What the chosen placement means for the operator (shown, never an error)."""
         notes = []
+        if self.offload_state_dict is not None:
+            notes.append("offload_state_dict is ignored: transformers 5 already loads shard by shard and streams "
+                         "disk-offloaded weights in place; remove it from the config")
         if (self.use_4bit or self.use_8bit) and ({"cpu", "disk"} & set(self.max_memory)):
             notes.append(
                 "with quantization and CPU/disk entries, stock transformers keeps offloaded layers in 16-bit "

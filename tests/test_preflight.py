@@ -144,3 +144,13 @@ def test_gated_model_token_is_reported_never_printed(monkeypatch):
     checks = {c["name"]: c for c in json.loads(run("--model", "llama3_405b", "--4bit", "--assume-gpus", "4x80GB",
                                                     "--json").stdout)["checks"]}
     assert checks["hf_token"]["status"] == "warn" and "hf auth login" in checks["hf_token"]["fix"]
+
+
+def test_a_setup_guide_config_with_offload_state_dict_still_plans_and_says_once_it_is_ignored(tmp_path):
+    cfg = tmp_path / "guide.yaml"
+    cfg.write_text("models:\n  large_llm:\n    name: smollm2_135m\n    offload_state_dict: true\n")
+    result = run("--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("offload_state_dict is ignored") == 1 and "remove it" in result.output
+    plain = run()  # a config that does not set it hears nothing about it
+    assert plain.exit_code == 0 and "offload_state_dict" not in plain.output

@@ -16,9 +16,6 @@ from routerllm_cli.errors import ConfigError
 
 __all__ = ["CATALOG", "CatalogEntry", "ModelRef", "resolve_model", "catalog_names", "embedded_gguf_path"]
 
-EMBEDDED_DEFAULT = "smollm2_135m"
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model comes from and what we know about it before loading."""

@@ -51,6 +51,3 @@ class Output:
 
     def warn(self, message: str) -> None:
         self.err.print(f"[yellow]warning:[/] {message}")
-
-    def error(self, message: str) -> None:
-        self.err.print(f"[red]error:[/] {message}", markup=True)
