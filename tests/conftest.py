@@ -127,3 +127,23 @@ def tiny_llama_chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same tiny Llama with a chat template on its tokenizer (an 'instruct' model; read-only)."""
     return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama_chat") / "tiny-llama-chat",
                             chat_template=TINY_CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """`embedded_tokenizer(name)` -> (tokenizer, GGUF path) of an embedded GGUF model, converted once per session
+    (Gemma-3's 262k-piece SentencePiece vocabulary takes tens of seconds). Shared: a test that changes it puts it
+    back."""
+    from routerllm_cli.catalog import CATALOG, embedded_gguf_path, resolve_spec
+    from routerllm_cli.config import ModelSpec
+    from routerllm_cli.loading import load_tokenizer
+
+    built: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in built:
+            path = embedded_gguf_path(CATALOG[name])
+            built[name] = load_tokenizer(resolve_spec(name, str(path.parent), path.name), ModelSpec(name=name)), path
+        return built[name]
+
+    return get

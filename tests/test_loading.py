@@ -3,7 +3,6 @@ progress, and the one-line failures a user sees."""
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -237,42 +236,34 @@ def test_cpu_load_leaves_the_attention_backends_alone(tiny_llama_dir, cudnn_sdp_
         loaded.close()
 
 
-@functools.lru_cache(maxsize=None)
-def _embedded_tokenizer(name: str):
-    """Gemma's 262k-piece tokenizer takes ~20 s to convert: once per module."""
-    from routerllm_cli.catalog import CATALOG, embedded_gguf_path, resolve_spec
-    from routerllm_cli.loading import load_tokenizer
-
-    path = embedded_gguf_path(CATALOG[name])
-    return load_tokenizer(resolve_spec(name, str(path.parent), path.name), ModelSpec(name=name)), path
-
-
-def test_gguf_tokenizer_gets_the_bos_its_file_asks_for():
+@pytest.mark.slow
+def test_gguf_tokenizer_gets_the_bos_its_file_asks_for(embedded_tokenizer):
     from routerllm_cli.loading import check_gguf_tokenizer
 
-    tok, path = _embedded_tokenizer("gemma3_270m")
+    tok, path = embedded_tokenizer("gemma3_270m")
     assert tok("def f():")["input_ids"][0] == 2  # Gemma's GGUF says add_bos_token
     tok._tokenizer.post_processor = None  # what transformers 5.18-5.22 hand back for this file
     assert tok("def f():")["input_ids"][0] != 2
     assert check_gguf_tokenizer(tok, path) == [f"tokenizer: BOS 2 added, as {path.name} asks"]
     assert tok("def f():")["input_ids"][0] == 2 and tok("def f():")["input_ids"].count(2) == 1
 
-    smol, smol_path = _embedded_tokenizer("smollm2_135m")  # its GGUF adds no BOS: left as it is
+    smol, smol_path = embedded_tokenizer("smollm2_135m")  # its GGUF adds no BOS: left as it is
     before = smol("def f():")["input_ids"]
     assert check_gguf_tokenizer(smol, smol_path) == [] and smol("def f():")["input_ids"] == before
 
 
-def test_a_transformers_that_mis_splits_gguf_sentencepiece_is_refused(monkeypatch):
+@pytest.mark.slow
+def test_a_transformers_that_mis_splits_gguf_sentencepiece_is_refused(embedded_tokenizer, monkeypatch):
     import transformers
 
     from routerllm_cli.loading import check_gguf_tokenizer
 
-    tok, path = _embedded_tokenizer("gemma3_270m")
+    tok, path = embedded_tokenizer("gemma3_270m")
     monkeypatch.setattr(transformers, "__version__", "5.17.0")
     with pytest.raises(ConfigError) as info:
         check_gguf_tokenizer(tok, path)
     assert "wrong pieces" in str(info.value) and "transformers>=5.23" in info.value.fix
-    smol, smol_path = _embedded_tokenizer("smollm2_135m")  # a BPE ("gpt2") tokenizer converts fine there
+    smol, smol_path = embedded_tokenizer("smollm2_135m")  # a BPE ("gpt2") tokenizer converts fine there
     assert check_gguf_tokenizer(smol, smol_path) == []
 
 
@@ -304,3 +295,31 @@ def test_the_cli_maps_failures_outside_a_load_through_the_same_table():
             failing(exc)()
         assert info.value.exit_code == code
     assert translate_load_error(ValueError("something else")) is None
+
+
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_gguf_tokenizer_keys_are_read_without_parsing_the_vocabulary(tmp_path, endian):
+    """The header reader stops at the last key it needs and agrees with gguf's own GGUFReader; a big-endian file
+    (which it does not read) goes to GGUFReader."""
+    import numpy as np
+    from gguf import GGUFEndian, GGUFReader, GGUFWriter
+
+    from routerllm_cli.loading.tokenizer import _GGUF_META_KEYS, _gguf_tokenizer_meta
+
+    path = tmp_path / "tiny.gguf"
+    w = GGUFWriter(str(path), "llama", endianess=GGUFEndian.BIG if endian == "big" else GGUFEndian.LITTLE)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"piece{i}" for i in range(5000)])  # the arrays a vocabulary is made of, skipped unread
+    w.add_token_scores([0.25] * 5000)
+    w.add_string("general.note", "a string before the last key")
+    w.add_bos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_uint32("after.the.keys", 7)
+    w.add_tensor("w", np.zeros((2, 2), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    reader = GGUFReader(str(path))
+    expected = {name: reader.fields[key].contents() for key, name in _GGUF_META_KEYS.items()}
+    assert _gguf_tokenizer_meta(path) == expected == {"model": "llama", "bos_token_id": 2, "add_bos_token": True}
