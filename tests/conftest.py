@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread for torch, here and in the CLI subprocesses tests start: on a shared 2-core machine a second
+# thread spin-waits on a busy core, and the embedded models then generated 5-10x slower (187 s instead of 20 s for
+# compare's first model); the tokens are the same. Set before torch is imported; OMP_NUM_THREADS=2 overrides.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

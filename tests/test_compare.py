@@ -32,7 +32,7 @@ models:
 bench:
   num_examples: 3
   batch_size: 3
-  max_new_tokens: 40
+  max_new_tokens: 24
   device: cpu
 """
 
@@ -51,11 +51,21 @@ def run(cfg: Path, out: Path, *args: str):
     return json.loads(result.stdout)
 
 
-@pytest.mark.slow
-def test_every_policy_runs_and_writes_table_json_and_chart(shared):
+@pytest.fixture(scope="module")
+def first_compare(shared):
+    """The one compare that generates: the cascade with the large model, which is also in the pool, so the
+    cascade's escalations and the direct run share one load. Every later policy reads these answers."""
     cfg, out = shared
-    # The large model is also in the pool: the cascade's escalations and the direct run share one load.
-    large = run(cfg, out, "--router", "cascade", "--use-large-model")
+    return run(cfg, out, "--router", "cascade", "--use-large-model")
+
+
+def saved_summary(out: Path, model: str) -> dict:
+    return json.loads((out / "models" / model / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_large_model_compare_loads_each_model_once(first_compare):
+    large = first_compare
     assert [s["kind"] for s in large["systems"]][:2] == ["router", "large"]
     assert large["systems"][1]["name"] == "gemma3_270m (direct)"
     assert {n: m["loads"] for n, m in large["models"].items()} == {"smollm2_135m": 1, "gemma3_270m": 1}
@@ -64,6 +74,26 @@ def test_every_policy_runs_and_writes_table_json_and_chart(shared):
     assert [s["name"] for s in large["systems"]].count("gemma3_270m (alone)") == 0
     assert "smollm2_135m (alone)" in [s["name"] for s in large["systems"]]
 
+
+@pytest.mark.slow
+def test_a_model_alone_reports_what_its_bench_run_reports(first_compare, shared):
+    """Same answers, same numbers: p95 and mean latency, energy; CPU-only, so no GPU-hours are paid."""
+    _, out = shared
+    systems = {s["name"]: s for s in first_compare["systems"]}
+    for name, row in (("gemma3_270m", systems["gemma3_270m (direct)"]), ("smollm2_135m",
+                                                                          systems["smollm2_135m (alone)"])):
+        bench = saved_summary(out, name)
+        assert row["latency_p95_s"] == pytest.approx(bench["latency_s"]["p95"]) and row["latency_p95_s"] > 0
+        assert row["latency_mean_s"] == pytest.approx(bench["latency_s"]["mean"])
+        assert row["kwh"] == pytest.approx(bench["energy"]["kwh"]) and row["kwh"] > 0
+        assert row["co2_g"] == pytest.approx(row["kwh"] * 475.0)  # the default world-average intensity
+        assert row["cost_usd"] == 0.0 == bench["cost_usd"]
+        assert row["accuracy"] == bench["passed"] / 3 and row["load_s"] == pytest.approx(bench["load_seconds"])
+
+
+@pytest.mark.slow
+def test_the_oracle_is_a_ceiling_over_answers_already_generated(first_compare, shared):
+    cfg, out = shared
     first = run(cfg, out, "--router", "oracle")  # every pool model on every problem: all answered already
     names = [s["name"] for s in first["systems"]]
     assert names[0] == "RouterLLM (oracle)" and "smollm2_135m (alone)" in names and "gemma3_270m (alone)" in names
@@ -73,24 +103,42 @@ def test_every_policy_runs_and_writes_table_json_and_chart(shared):
     oracle = first["systems"][0]
     alone = {s["name"]: s for s in first["systems"][1:]}
     assert oracle["accuracy"] >= max(s["accuracy"] for s in alone.values())  # the ceiling is a ceiling
+    passed = {n: {json.loads(line)["task_id"] for line in (out / "models" / n / "executions.jsonl").read_text()
+                  .splitlines() if json.loads(line)["passed"]} for n in ("smollm2_135m", "gemma3_270m")}
+    assert oracle["accuracy"] == len(passed["smollm2_135m"] | passed["gemma3_270m"]) / 3
     assert all(m["loads"] == 0 for m in first["models"].values())
 
-    for policy in ("cascade", "heuristic", "random"):
-        res = run(cfg, out, "--router", policy)
-        router = res["systems"][0]
-        assert router["name"] == f"RouterLLM ({policy})"
-        assert sum(router["routing"].values()) == 3
-        assert router["accuracy_kind"] == "pass@1"
-        for key in ("latency_mean_s", "latency_p95_s", "kwh", "co2_g", "cost_usd", "load_s"):
-            assert router[key] >= 0
-        # every answer already existed: no model was loaded again, and the load the answers took is still shown
-        assert all(m["load_seconds"] == 0 for m in res["models"].values()), res["models"]
-        assert router["load_s"] > 0
-        if policy == "cascade":
-            assert "escalated" in router["extras"]
 
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["cascade", "heuristic", "random"])
+def test_every_policy_reuses_the_saved_answers(first_compare, shared, policy):
+    cfg, out = shared
+    res = run(cfg, out, "--router", policy)
+    router = res["systems"][0]
+    assert router["name"] == f"RouterLLM ({policy})"
+    assert sum(router["routing"].values()) == 3 and set(router["routing"]) == {"smollm2_135m", "gemma3_270m"}
+    assert router["accuracy_kind"] == "pass@1" and 0.0 <= router["accuracy"] <= 1.0
+    # a router's answers are its models' answers: its energy is their shares, its latency theirs (plus checks)
+    alone = {s["name"].removesuffix(" (alone)"): s for s in res["systems"][1:]}
+    assert 0 < router["kwh"] <= sum(s["kwh"] for s in alone.values()) + 1e-12
+    latency = {n: {json.loads(line)["task_id"]: json.loads(line)["latency_s"] for line in
+                   (out / "models" / n / "samples.jsonl").read_text().splitlines()} for n in alone}
+    tasks = list(latency["smollm2_135m"])
+    fastest = sum(min(latency[n][t] for n in latency) for t in tasks) / 3
+    slowest = sum(max(latency[n][t] for n in latency) for t in tasks) / 3
+    assert router["latency_mean_s"] >= fastest - 1e-9
+    if policy != "cascade":  # one model per problem, no checks
+        assert router["latency_mean_s"] <= slowest + 1e-9
+    assert router["cost_usd"] == 0.0  # CPU only: no GPU-hours
+    # every answer already existed: no model was loaded again, and the load the answers took is still shown
+    assert all(m["load_seconds"] == 0 for m in res["models"].values()), res["models"]
+    assert router["load_s"] > 0
+    if policy == "cascade":
+        assert router["routing"]["gemma3_270m"] == router["extras"]["escalated"]
+        assert router["extras"]["docstring_check_seconds"] > 0
     table = json.loads((out / "comparison.json").read_text())
-    assert table and (out / "comparison.md").read_text().count("|") > 10
+    assert [s["name"] for s in table["systems"]] == [s["name"] for s in res["systems"]]
+    assert (out / "comparison.md").read_text().count("\n|") == len(res["systems"]) + 2  # header, rule, rows
     png = (out / "cost_quality.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -172,6 +172,7 @@ def smollm2():
     return model, tok
 
 
+@pytest.mark.slow
 def test_smollm2_batched_greedy_equals_one_by_one_on_humaneval(smollm2):
     model, tok = smollm2
     problems, _ = humaneval.load_problems("package")
