@@ -112,6 +112,7 @@ def test_docstring_tests_reject_a_wrong_answer_and_name_the_example(problems, sa
     assert "add(2, 3) returned 6, docstring says 5" in bad.result
 
 
+@pytest.mark.slow  # 164 sandboxed programs
 def test_canonical_solutions_pass_their_own_examples_except_known_wrong_docstrings(problems, sandbox):
     tasks = [PromptTask.from_problem(p) for p in problems.values()]
     canonical = {k: p["canonical_solution"] for k, p in problems.items()}
