@@ -208,10 +208,15 @@ def run_bench(
     by_id = {p["task_id"]: p for p in problems}
     fingerprint = result_fingerprint(spec, settings, ref.name)
 
+    checked = None
     if resume or (run_dir is not None and (Path(run_dir) / "run.json").exists()):
         target = Path(run_dir) if run_dir else runs.latest_run(b.results_dir, ref.name)
         folder = runs.RunFolder.open_for_resume(target, fingerprint)
     else:
+        if spec.endpoint is not None:  # a wrong URL or model name leaves no run folder behind
+            from routerllm_cli.endpoints.source import EndpointSource
+
+            checked = EndpointSource(spec).check()
         target = Path(run_dir) if run_dir else runs.new_run_dir(b.results_dir, ref.name)
         folder = runs.RunFolder.create(target, fingerprint=fingerprint, config=settings.model_dump(mode="json"),
                                        command_line=command_line or sys.argv)
@@ -260,8 +265,8 @@ def run_bench(
         if todo and spec.endpoint is not None:  # served elsewhere: no plan, no load, no local energy to meter
             from routerllm_cli.endpoints.source import EndpointSource
 
-            source = EndpointSource(spec)
-            emit("endpoint", source.check())
+            source = EndpointSource(spec, run_dir=folder.path)
+            emit("endpoint", checked or source.check())
             style = source.style(b.prompt_style)
             batch_size = spec.endpoint.concurrency
             items = [(p, k, source.prompt(p, style)) for p, k in todo]

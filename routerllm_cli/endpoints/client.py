@@ -174,9 +174,17 @@ class EndpointClient:
         import httpx
 
         if isinstance(exc, httpx.ConnectError):
-            text = str(exc).lower()
-            what = "connection refused" if "refused" in text else "cannot connect"
-            return f"{what} ({self.scrub(str(exc))[:120]})" if what == "cannot connect" else what
+            import socket
+
+            chain, cause = [], exc.__cause__ or exc.__context__
+            while cause is not None and len(chain) < 8:  # httpx wraps the socket error; the cause says which
+                chain.append(cause)
+                cause = cause.__cause__ or cause.__context__
+            if any(isinstance(c, ConnectionRefusedError) for c in chain) or "refused" in str(exc).lower():
+                return "connection refused"
+            if any(isinstance(c, socket.gaierror) for c in chain):
+                return "the host name does not resolve"
+            return f"cannot connect ({self.scrub(str(exc))[:120]})"
         if isinstance(exc, httpx.TimeoutException):
             return f"no answer within {self.spec.timeout_s:g} s ({type(exc).__name__})"
         return f"{type(exc).__name__}: {self.scrub(str(exc))[:120]}"

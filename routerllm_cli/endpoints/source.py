@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from routerllm_cli.endpoints.client import EndpointClient
+from routerllm_cli.endpoints.client import EndpointClient, EndpointUnavailable
 from routerllm_cli.errors import ConfigError
 
 ENERGY_NOTE = "not measured: the model ran on a remote endpoint, whose power routerllm cannot read"
@@ -30,9 +30,10 @@ ENERGY_NOTE = "not measured: the model ran on a remote endpoint, whose power rou
 class EndpointSource:
     """One configured endpoint (a ModelSpec with `endpoint` set)."""
 
-    def __init__(self, spec: Any):
+    def __init__(self, spec: Any, run_dir: Any = None):
         self.spec = spec
         self.endpoint = spec.endpoint
+        self.run_dir = run_dir  # named in the fix when the server goes away mid-run
 
     def check(self) -> dict[str, Any]:
         """Reach the server and find the model in `/v1/models` (one-line errors otherwise)."""
@@ -91,6 +92,9 @@ class EndpointSource:
                 loop.call_soon_threadsafe(main.cancel)  # an abandoned run leaves no request behind
             thread.join(timeout=5)
         if error is not None:
+            if isinstance(error, EndpointUnavailable) and error.fix is None and self.run_dir is not None:
+                error.fix = (f"the answers so far are saved; once the server is back, resume with "
+                             f"`routerllm bench --run-dir {self.run_dir}`")
             raise error
 
     # -- the helper thread --------------------------------------------------------------------------------
