@@ -100,13 +100,19 @@ def test_a_real_model_through_the_endpoint_answers_as_it_does_locally(tmp_path):
     stop sequence are cut at the same place; instruct answers are the same once cut after the first closed
     fence, where a local run stops generating. What differs, and why: the server cannot stop at a closed
     fence, so it generates past it and its completion_tokens count those tokens too."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from routerllm_cli.catalog import resolve_model
 
     ref = resolve_model("smollm2_135m")
     saved = tmp_path / "smollm2"
-    AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype="float32").save_pretrained(saved)
+    dequantized = AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype="float32")
+    config = dequantized.config
+    config.__dict__.pop("quantization_config", None)  # the weights are float32 now; a GGUF model refuses to save
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(dequantized.state_dict())
+    plain.save_pretrained(saved)
     AutoTokenizer.from_pretrained(ref.model_id, gguf_file=ref.gguf_file).save_pretrained(saved)
     server = OpenAIServer(saved, tmp_path / "serve.log").start()
     try:
