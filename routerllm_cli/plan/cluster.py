@@ -49,7 +49,7 @@ def parse_nodes(text: str) -> Cluster:
     """'2x8x80GB' -> 2 nodes of 8 GPUs of 80 GB; '8x80GB' -> one node. Sizes read like every routerllm size."""
     match = _NODES.match(text or "")
     fix = 'write NODESxGPUSxSIZE like "2x8x80GB" (or GPUSxSIZE like "8x141GB" for one node)'
-    if not match:
+    if not match or not re.search(r"[A-Za-z]", match.group(3)):  # "2x8" is not 8-byte GPUs
         raise ConfigError(f"--assume-nodes: cannot read {text!r}", fix=fix)
     nodes, gpus = int(match.group(1) or 1), int(match.group(2))
     size = parse_size(match.group(3), what="--assume-nodes GPU memory")
