@@ -203,6 +203,27 @@ def test_a_server_gone_mid_run_raises_after_its_retries_and_keeps_the_answers(ti
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+def test_a_stop_request_lets_the_requests_in_flight_land_and_the_run_resumes(tiny_server, tmp_path):
+    from routerllm_cli.bench import BenchInterrupted, StopSignal
+
+    settings = endpoint_settings(tiny_server, tmp_path / "res", endpoint={"concurrency": 2}, num_examples=6,
+                                 max_new_tokens=16)
+    stop = StopSignal()
+
+    def on_event(kind, data):
+        if kind == "batch" and data["done"] >= 2:
+            stop.request()  # what the first Ctrl-C does
+
+    with pytest.raises(BenchInterrupted) as info:
+        run_bench(settings, run_dir=tmp_path / "run", stop=stop, on_event=on_event)
+    assert info.value.exit_code == 130
+    first = read_lines(tmp_path / "run" / "samples.jsonl")
+    assert 2 <= len(first) <= 3  # the one still in flight landed; no new request went out
+    run_bench(settings, run_dir=tmp_path / "run")
+    ids = [s["task_id"] for s in read_lines(tmp_path / "run" / "samples.jsonl")]
+    assert sorted(ids) == sorted(f"HumanEval/{i}" for i in range(6))
+
+
 # --- one-line errors --------------------------------------------------------------------------------------------
 
 
