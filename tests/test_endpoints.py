@@ -94,19 +94,16 @@ def test_endpoint_bench_gives_the_answers_of_a_local_bench(tiny_server, tiny_dir
     assert json.loads((remote.run_dir / "run.json").read_text())["fingerprint"]["source"] == "endpoint"
 
 
-@pytest.mark.slow
-def test_a_real_model_through_the_endpoint_answers_as_it_does_locally(tmp_path):
-    """SmolLM2 (the embedded model, dequantized and saved once) behind the server: base answers that end on a
-    stop sequence are cut at the same place; instruct answers are the same once cut after the first closed
-    fence, where a local run stops generating. What differs, and why: the server cannot stop at a closed
-    fence, so it generates past it and its completion_tokens count those tokens too."""
+@pytest.fixture(scope="module")
+def smollm2_server(tmp_path_factory):
+    """SmolLM2 (the embedded model) dequantized to float32 and saved once, behind the server."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from routerllm_cli.catalog import resolve_model
 
     ref = resolve_model("smollm2_135m")
-    saved = tmp_path / "smollm2"
+    saved = tmp_path_factory.mktemp("smollm2") / "smollm2"
     dequantized = AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype="float32")
     config = dequantized.config
     config.__dict__.pop("quantization_config", None)  # the weights are float32 now; a GGUF model refuses to save
@@ -114,29 +111,33 @@ def test_a_real_model_through_the_endpoint_answers_as_it_does_locally(tmp_path):
     plain.load_state_dict(dequantized.state_dict())
     plain.save_pretrained(saved)
     AutoTokenizer.from_pretrained(ref.model_id, gguf_file=ref.gguf_file).save_pretrained(saved)
-    server = OpenAIServer(saved, tmp_path / "serve.log").start()
-    try:
-        for style, tokens in (("base", 64), ("instruct", 160)):
-            bench = {"task_ids": ["HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/7"],
-                     "max_new_tokens": tokens, "prompt_style": style}
-            remote = run_bench(endpoint_settings(server, tmp_path / f"r{style}", **bench))
-            local = run_bench(load_settings(None, {
-                "models": {"large_llm": {"name": str(saved), "torch_dtype": "float32"}},
-                "bench": {"results_dir": str(tmp_path / f"l{style}"), **BASE, **bench}}))
-            mine = {s["task_id"]: s for s in local.samples}
-            for s in remote.samples:
-                assert (s["raw"], s["completion"]) == (mine[s["task_id"]]["raw"], mine[s["task_id"]]["completion"])
-                assert s["stopped_by"] == mine[s["task_id"]]["stopped_by"]
-                if style == "instruct" and s["stopped_by"] == "stop_when":
-                    assert s["new_tokens"] >= mine[s["task_id"]]["new_tokens"]  # generated past the fence
-                else:
-                    assert s["new_tokens"] == mine[s["task_id"]]["new_tokens"]
-            if style == "base":
-                assert any(s["stopped_by"] == "stop_sequence" for s in remote.samples)
-            else:
-                assert any(s["stopped_by"] == "stop_when" for s in remote.samples)
-    finally:
-        server.stop()
+    server = OpenAIServer(saved, saved.parent / "serve.log").start()
+    yield server, saved
+    server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("style, tokens, tasks", [("base", 64, [0, 2, 4, 7]), ("instruct", 128, [0, 2])])
+def test_a_real_model_through_the_endpoint_answers_as_it_does_locally(smollm2_server, tmp_path, style, tokens,
+                                                                      tasks):
+    """Base answers that end on a stop sequence are cut at the same place; instruct answers are the same once cut
+    after the first closed fence, where a local run stops generating. What differs, and why: the server cannot
+    stop at a closed fence, so it generates past it, and its completion_tokens count those tokens too."""
+    server, saved = smollm2_server
+    bench = {"task_ids": [f"HumanEval/{t}" for t in tasks], "max_new_tokens": tokens, "prompt_style": style}
+    remote = run_bench(endpoint_settings(server, tmp_path / "r", **bench))
+    local = run_bench(load_settings(None, {"models": {"large_llm": {"name": str(saved), "torch_dtype": "float32"}},
+                                           "bench": {"results_dir": str(tmp_path / "l"), **BASE, **bench}}))
+    mine = {s["task_id"]: s for s in local.samples}
+    for s in remote.samples:
+        assert (s["raw"], s["completion"]) == (mine[s["task_id"]]["raw"], mine[s["task_id"]]["completion"])
+        assert s["stopped_by"] == mine[s["task_id"]]["stopped_by"]
+        if s["stopped_by"] == "stop_when":
+            assert s["new_tokens"] >= mine[s["task_id"]]["new_tokens"]  # generated past the fence
+        else:
+            assert s["new_tokens"] == mine[s["task_id"]]["new_tokens"]
+    assert any(s["stopped_by"] == ("stop_sequence" if style == "base" else "stop_when") for s in remote.samples)
 
 
 # --- a server that dies -----------------------------------------------------------------------------------------
