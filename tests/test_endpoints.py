@@ -148,7 +148,7 @@ def test_killed_server_then_restart_and_resume_loses_and_repeats_nothing(tiny_di
     config = tmp_path / "endpoint.yaml"
     config.write_text(json.dumps({"models": {"large_llm": {
         "name": endpoint_model(server), "endpoint": {"concurrency": 2, "max_retries": 1, "timeout_s": 60}}},
-        "bench": {"num_examples": 10, "max_new_tokens": 48, **BASE}}))
+        "bench": {"num_examples": 10, "max_new_tokens": 200, **BASE}}))  # long enough to kill it mid-run
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "routerllm_cli", "bench", "--config", str(config), "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
