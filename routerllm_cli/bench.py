@@ -76,6 +76,7 @@ def result_fingerprint(spec: ModelSpec, settings: Settings, model_name: str) -> 
         "top_p": b.top_p if b.temperature > 0 else None,
         "samples": b.samples,
         "seed": b.seed,
+        **({"source": "endpoint"} if spec.endpoint is not None else {}),  # a remote run never resumes a local one
     }
 
 
@@ -190,14 +191,14 @@ def run_bench(
 ) -> BenchRun:
     """Run (or resume) HumanEval for one model. Returns the run folder and its summary."""
     from routerllm_cli import humaneval, runs
-    from routerllm_cli.catalog import resolve_spec
+    from routerllm_cli.catalog import resolve_model_spec
     from routerllm_cli.energy import EnergyMeter, EnergyReading, sum_readings
 
     emit = on_event or (lambda kind, data: None)
     stop = stop or StopSignal()
     spec = spec or settings.large
     b = settings.bench
-    ref = resolve_spec(spec.name, spec.model_id, spec.gguf_file)
+    ref = resolve_model_spec(spec)
 
     problems_all, source = humaneval.load_problems()
     problems = humaneval.select(problems_all, n=None if (task_ids or b.task_ids) else b.num_examples,
@@ -205,10 +206,15 @@ def run_bench(
     by_id = {p["task_id"]: p for p in problems}
     fingerprint = result_fingerprint(spec, settings, ref.name)
 
+    checked = None
     if resume or (run_dir is not None and runs.is_run_folder(run_dir)):
         target = Path(run_dir) if run_dir else runs.latest_run(b.results_dir, ref.name)
         folder = runs.RunFolder.open_for_resume(target, fingerprint)
     else:
+        if spec.endpoint is not None:  # a wrong URL or model name leaves no run folder behind
+            from routerllm_cli.endpoints.source import EndpointSource
+
+            checked = EndpointSource(spec).check()
         target = Path(run_dir) if run_dir else runs.new_run_dir(b.results_dir, ref.name)
         folder = runs.RunFolder.create(target, fingerprint=fingerprint, config=settings.model_dump(mode="json"),
                                        command_line=command_line or sys.argv)
@@ -251,10 +257,20 @@ def run_bench(
     gen_seconds = 0.0
     first_batch_at: float | None = None
     t_start = time.perf_counter()
-    interrupted = False
+    interrupted = failed = False
     owns_model = loaded is None
     try:
-        if todo:
+        if todo and spec.endpoint is not None:  # served elsewhere: no plan, no load, no local energy to meter
+            from routerllm_cli.endpoints.source import EndpointSource
+
+            source = EndpointSource(spec, run_dir=folder.path)
+            emit("endpoint", checked or source.check())
+            style = source.style(b.prompt_style)
+            batch_size = spec.endpoint.concurrency
+            items = [(p, k, source.prompt(p, style)) for p, k in todo]
+            groups = source.answers(items, style, b, stop)
+            continuous = True
+        elif todo:
             plan = loaded.plan if loaded is not None else plan_for(spec, settings, num_examples=len(todo))
             emit("plan", {"plan": plan.to_dict(), "eta_seconds": plan.estimates.get("bench_seconds")})
             if loaded is None:
@@ -273,12 +289,15 @@ def run_bench(
             ranked = generation.order_by_length(list(zip(items, lengths)), key=lambda pair: pair[1])
             items = [it for it, _ in ranked]
             stopping = humaneval.stopping_for(style)
-            emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
-            meter.start()
-            metering = True
             continuous = b.batching == "continuous" or (b.batching == "auto" and _on_gpu(loaded.input_device))
+            groups = _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous)
+        if todo:
+            emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
+            if spec.endpoint is None:
+                meter.start()
+                metering = True
             finished = 0
-            for group, dt in _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous):
+            for group, dt in groups:
                 gen_seconds += dt
                 first_batch_at = first_batch_at or (time.perf_counter() - t_start)
                 for (problem, k, _), out in group:
@@ -298,7 +317,8 @@ def run_bench(
                 drain(block=False)
                 n_done = len(folder.finished_keys())
                 emit("batch", {"done": n_done, "batch": len(group), "seconds": dt,
-                               "tokens": sum(o.new_tokens for _, o in group), "memory": _memory_now(loaded),
+                               "tokens": sum(o.new_tokens for _, o in group),
+                               "memory": _memory_now(loaded) if loaded is not None else {},
                                "passed": folder.passed_count()})
                 if n_done // SUMMARY_EVERY != (n_done - len(group)) // SUMMARY_EVERY:
                     folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds + prior_load,
@@ -310,6 +330,9 @@ def run_bench(
         for _, _, fut in pending:
             fut.cancel()
         pending.clear()
+    except Exception:
+        failed = True  # the answers so far are saved; the run says it failed instead of finished
+        raise
     finally:
         reading = meter.stop() if metering else None
         if earlier is not None:
@@ -320,7 +343,7 @@ def run_bench(
         first_batch_at = first_batch_at or prior.get("time_to_first_batch_s")
         if executor is not None:
             executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
-        status = "interrupted" if interrupted or stop.requested and pending else "finished"
+        status = "failed" if failed else "interrupted" if interrupted or stop.requested and pending else "finished"
         summary = _summary(folder, problems, settings, spec, ref.name, load_seconds, gen_seconds, first_batch_at,
                            reading, status, loaded)
         folder.write_summary(summary)
@@ -374,4 +397,8 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
         summary["co2_g"] = co2_grams(reading.kwh, settings.energy.carbon_intensity_g_per_kwh)
         summary["cost_usd"] = metrics.run_cost_usd(gen_seconds + load_seconds, samples, spec, settings.energy,
                                                    metrics.measured_gpus(summary["energy"]))
+    if spec.endpoint is not None:
+        from routerllm_cli.endpoints.source import endpoint_accounting
+
+        summary.update(endpoint_accounting(spec, settings, samples, gen_seconds))
     return summary

@@ -8,7 +8,9 @@ interrupted compare resumes because each run folder resumes.
 Per system, per problem, the cost of an answer is what the models it used spent on it: generation seconds
 (amortized over the batch) plus, for the cascade, the sandboxed docstring checks. Energy per answer is each model
 run's measured energy divided by the answers it generated; cost is GPU-hours x price (or per-token prices for
-API-priced models). Load time is reported separately from generation time.
+API-priced models). Load time is reported separately from generation time. A pool may mix local models and
+endpoints (models served elsewhere): an endpoint's energy is not measured, so a system that used one says so
+and its energy figure covers the local models only (none at all when every answer came from endpoints).
 """
 
 from __future__ import annotations
@@ -76,10 +78,10 @@ class ComparePipeline:
         if settings.bench.samples != 1:
             raise ConfigError("compare measures pass@1", fix="set bench.samples to 1 (drop --samples)")
         # every model must be findable before the first one spends an hour generating
-        from routerllm_cli.catalog import resolve_spec
+        from routerllm_cli.catalog import resolve_model_spec
 
         for spec in self.pool + ([settings.large] if use_large_model else []):
-            resolve_spec(spec.name, spec.model_id, spec.gguf_file)
+            resolve_model_spec(spec)
 
     # -- running models -------------------------------------------------------------------------------
     def ensure(self, spec: ModelSpec, task_ids: list[str]) -> ModelRun:
@@ -107,6 +109,8 @@ class ComparePipeline:
         generated = max(len(run.samples), 1)
         mr.joules_per_answer = metrics.joules_per_answer(energy, generated)
         mr.gpus = metrics.measured_gpus(energy)
+        if spec.endpoint is not None:  # no local GPU measured it: the GPUs that serve it, as configured
+            mr.gpus = spec.endpoint.gpus or 0
         if have is not None:  # keep earlier load time when this call only topped up
             mr.run.load_seconds += have.run.load_seconds
         self.runs[spec.name] = mr
@@ -209,6 +213,9 @@ class ComparePipeline:
                 correct += parses_as_python(prompts[p["task_id"]], a["completion"])
         kwh = metrics.kwh(joules)
         latency_s = metrics.latency_summary(latencies)
+        remote = sorted(m for m in models_used if self.runs[m].spec.endpoint is not None)
+        if remote:  # not measured there: say so, and give no number where nothing was measured
+            extras = {**(extras or {}), "energy_not_measured": remote}
         return {
             "name": name, "kind": kind,
             "accuracy": correct / len(problems) if problems else 0.0,
@@ -219,9 +226,14 @@ class ComparePipeline:
             # what loading its models took when they generated (in this or an earlier compare), apart from
             # generation: cost and energy above cover generation only
             "load_s": sum(float(self.runs[m].run.summary.get("load_seconds") or 0.0) for m in models_used),
-            "kwh": kwh, "co2_g": co2_grams(kwh, e.carbon_intensity_g_per_kwh), "cost_usd": cost,
+            "kwh": None if remote and remote == sorted(models_used) else kwh,
+            "co2_g": None if remote and remote == sorted(models_used) else co2_grams(kwh, e.carbon_intensity_g_per_kwh),
+            "cost_usd": cost,
             "routing": routing or {},
             **({"extras": extras} if extras else {}),
+            **({"notes": [f"energy and CO2 not measured for {', '.join(remote)} (remote endpoint)"
+                          + ("" if remote == sorted(models_used) else "; the figure covers the local models only")]}
+               if remote else {}),
         }
 
 
@@ -260,7 +272,8 @@ def run_compare(settings: Settings, out_dir: Path, *, policy: str | None = None,
                 systems.append(pipe.metrics(f"{spec.name} (alone)", "pool model", pipe.single(spec, problems),
                                             problems, {spec.name: len(problems)}))
     if policy == "oracle":
-        systems[0]["notes"] = [extras.get("label", "upper bound") + "; not a router you can deploy"]
+        systems[0]["notes"] = [extras.get("label", "upper bound") + "; not a router you can deploy",
+                               *systems[0].get("notes", [])]
     report = write_comparison(systems, out_dir)
     return {"systems": systems, "rows": report.rows, "notes": report.notes, "out_dir": str(out_dir),
             "files": {"json": str(report.json_path), "markdown": str(report.md_path), "chart": str(report.png_path)},

@@ -28,8 +28,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class EndpointSpec(_Strict):
+    """A model served behind an OpenAI-compatible API (vLLM, SGLang, `transformers serve`): `bench` and `compare`
+    send it the prompts instead of loading weights. `--model openai:URL#MODEL` fills `url` and `served_model`."""
+
+    url: str  # the API base, e.g. http://10.0.0.1:8000/v1 (a bare host gets /v1)
+    served_model: str  # the id the server lists in /v1/models
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key; the key is never stored
+    concurrency: int = Field(8, ge=1, le=1024)  # requests in flight
+    timeout_s: float = Field(600.0, gt=0)  # per request
+    max_retries: int = Field(4, ge=0, le=20)  # on connection errors, timeouts, 429 and 5xx; backoff 1, 2, 4 ... s
+    gpus: int | None = Field(None, ge=1)  # GPUs serving it: price_per_gpu_hour x gpus x wall time is its cost
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from routerllm_cli.endpoints import normalize_url
+
+        return normalize_url(value)
+
+    @field_validator("served_model")
+    @classmethod
+    def _served(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("endpoint.served_model is empty: give the name the server lists in /v1/models")
+        return value.strip()
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, value: str | None) -> str | None:
+        from routerllm_cli.endpoints import check_env_name
+
+        return None if value is None else check_env_name(value)
+
+
+# What an endpoint's server decides for itself: set on an endpoint, they would silently mean nothing.
+_LOCAL_ONLY = ("model_id", "gguf_file", "max_memory", "use_4bit", "use_8bit", "offload_folder")
+
+
 class ModelSpec(_Strict):
-    """One model and how to place it (the setup guide's `models.large_llm` block)."""
+    """One model and how to place it (the setup guide's `models.large_llm` block), or an `endpoint` that
+    serves it."""
 
     name: str = "smollm2_135m"
     model_id: str | None = None  # hub id or local path; defaults to the catalog's id for `name`
@@ -58,6 +97,21 @@ class ModelSpec(_Strict):
     price_per_gpu_hour: float | None = None
     usd_per_mtok_in: float | None = None
     usd_per_mtok_out: float | None = None
+    endpoint: EndpointSpec | None = None  # served elsewhere: nothing is planned or loaded here
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_name(cls, data: Any) -> Any:
+        """`name: openai:URL#MODEL` (what `--model` passes) becomes an endpoint entry named after the model; an
+        `endpoint` block already there keeps its other settings (key variable, concurrency, prices)."""
+        from routerllm_cli.endpoints import display_name, is_endpoint_model, parse_model_url
+
+        if not isinstance(data, dict) or not is_endpoint_model(data.get("name")):
+            return data
+        url, served = parse_model_url(data["name"])
+        block = data.get("endpoint")
+        block = block.model_dump() if isinstance(block, BaseModel) else dict(block or {})
+        return {**data, "name": display_name(served), "endpoint": {**block, "url": url, "served_model": served}}
 
     @field_validator("max_memory", mode="before")
     @classmethod
@@ -97,6 +151,11 @@ class ModelSpec(_Strict):
         )
         if uses_disk and self.offload_folder is None:
             raise ValueError("disk offload needs a folder: set offload_folder: ./offload")
+        if self.endpoint is not None:
+            local = [k for k in _LOCAL_ONLY if getattr(self, k) not in (None, False, {})]
+            if local:
+                raise ValueError(f"{', '.join(local)} cannot apply to an endpoint (its server loads and places "
+                                 "the model): remove it, or drop the endpoint to load the model here")
         return self
 
     @property
@@ -261,6 +320,8 @@ def validate_budgets(settings: Settings) -> None:
     from routerllm_cli.catalog import CATALOG
 
     for spec in [settings.large, *settings.models.router.pool]:
+        if spec.endpoint is not None:
+            continue
         entry = CATALOG.get(spec.name.lower().replace("-", "_"))
         if entry is not None:
             check_fits(spec, entry.params, catalog_dtype=entry.dtype)

@@ -107,8 +107,16 @@ def answer_cost_usd(record: Mapping[str, Any], spec: Any, energy_settings: Any, 
     if token_priced(spec):
         return cost_usd_tokens(int(record.get("prompt_tokens", 0)), int(record.get("new_tokens", 0)),
                                spec.usd_per_mtok_in or 0.0, spec.usd_per_mtok_out or 0.0)
-    return cost_usd(float(record.get("seconds", 0.0)), energy_settings.gpu_count or gpus,
+    return cost_usd(float(record.get("seconds", 0.0)), _gpus(spec, energy_settings, gpus),
                     price_per_gpu_hour(spec, energy_settings))
+
+
+def _gpus(spec: Any, energy_settings: Any, measured: int) -> int:
+    """GPUs billed: an endpoint's configured serving GPUs; else `energy.gpu_count`, else those measured."""
+    endpoint = getattr(spec, "endpoint", None)
+    if endpoint is not None:
+        return endpoint.gpus or 0
+    return energy_settings.gpu_count or measured
 
 
 def run_cost_usd(seconds: float, records: Iterable[Mapping[str, Any]], spec: Any, energy_settings: Any,
@@ -117,4 +125,4 @@ def run_cost_usd(seconds: float, records: Iterable[Mapping[str, Any]], spec: Any
     in GPU-hours."""
     if token_priced(spec):
         return sum(answer_cost_usd(r, spec, energy_settings, gpus) for r in records)
-    return cost_usd(seconds, energy_settings.gpu_count or gpus, price_per_gpu_hour(spec, energy_settings))
+    return cost_usd(seconds, _gpus(spec, energy_settings, gpus), price_per_gpu_hour(spec, energy_settings))

@@ -1,7 +1,7 @@
 """The model catalog: the setup guide's names resolved to hub ids and architecture facts, shipped for offline planning.
 
-`resolve_model` turns anything a user may pass to `--model` (catalog name, hub id, local directory, `.gguf` file)
-into a `ModelRef`. Architecture configs are plain config.json fields, so the planner can build each model on the
+`resolve_model` turns anything a user may pass to `--model` (catalog name, hub id, local directory, `.gguf` file,
+`openai:URL#MODEL` endpoint) into a `ModelRef`. Architecture configs are plain config.json fields, so the planner can build each model on the
 meta device without the hub.
 """
 
@@ -14,14 +14,15 @@ from typing import Any, Literal
 from routerllm_cli.catalog.models import CATALOG, CatalogEntry
 from routerllm_cli.errors import ConfigError
 
-__all__ = ["CATALOG", "CatalogEntry", "ModelRef", "resolve_model", "catalog_names", "embedded_gguf_path"]
+__all__ = ["CATALOG", "CatalogEntry", "ModelRef", "resolve_model", "resolve_model_spec", "catalog_names",
+           "embedded_gguf_path"]
 
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model comes from and what we know about it before loading."""
 
-    kind: Literal["catalog", "hub", "local_dir", "gguf"]
-    model_id: str  # hub id, or the local directory holding the weights
+    kind: Literal["catalog", "hub", "local_dir", "gguf", "endpoint"]
+    model_id: str  # hub id, the local directory holding the weights, or an endpoint's served model
     name: str  # short display name
     gguf_file: str | None = None  # file name inside model_id's directory when kind == "gguf"
     entry: CatalogEntry | None = None
@@ -84,6 +85,14 @@ def resolve_model(ref: str, *, gguf_file: str | None = None) -> ModelRef:
     ref = (ref or "").strip()
     if not ref:
         raise ConfigError("no model given", fix=f"pass --model with a catalog name ({', '.join(catalog_names())}), a hub id or a path")
+    from routerllm_cli.endpoints import display_name, is_endpoint_model, parse_model_url
+
+    if is_endpoint_model(ref):
+        try:
+            url, served = parse_model_url(ref)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return ModelRef("endpoint", served, display_name(served), extra={"url": url})
     key = ref.lower().replace("-", "_")
     if key in CATALOG:
         entry = CATALOG[key]
@@ -138,3 +147,11 @@ def resolve_spec(name: str, model_id: str | None = None, gguf_file: str | None =
     if entry is not None and ref.entry is None:
         return ModelRef(ref.kind, ref.model_id, entry.name, gguf_file=ref.gguf_file, entry=entry)
     return ref
+
+
+def resolve_model_spec(spec: Any) -> ModelRef:
+    """A config's model entry (a ModelSpec): its endpoint, or its `name`/`model_id`/`gguf_file`."""
+    endpoint = getattr(spec, "endpoint", None)
+    if endpoint is not None:
+        return ModelRef("endpoint", endpoint.served_model, spec.name, extra={"url": endpoint.url})
+    return resolve_spec(spec.name, spec.model_id, spec.gguf_file)

@@ -22,6 +22,8 @@ EPILOG = """Examples:
   routerllm bench --model llama3_405b -n 50 --skip-execution --config configs/production_config.yaml
 
   routerllm bench --run-dir results/llama3_405b-20261126-101500   (resume an interrupted run)
+
+  routerllm bench --model openai:http://10.0.0.1:8000/v1#meta-llama/Llama-3.1-405B-Instruct --concurrency 32
 """
 
 
@@ -38,6 +40,7 @@ class BenchScreen:
         self.gen_seconds = 0.0
         self.passed = 0
         self.executed = 0
+        self.endpoint = False
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if self.out.json_mode:
@@ -57,6 +60,10 @@ class BenchScreen:
         devs = ", ".join(f"{k}: {v.get('layers') or '-'}" for k, v in plan.get("devices", {}).items())
         self.out.info(f"preflight: go  ({devs})")
 
+    def on_endpoint(self, d: dict) -> None:
+        self.endpoint = True
+        self.out.info(f"endpoint: {d['url']} serves {d['model']} ({d['concurrency']} requests in flight)")
+
     def on_loading(self, d: dict) -> None:
         self.out.info(f"loading {d['model']} ...")
 
@@ -66,7 +73,8 @@ class BenchScreen:
     def on_generating(self, d: dict) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.out.info(f"generating: batch size {d['batch_size']}, prompt style {d['style']}")
+        self.out.info(f"generating: {'concurrency' if self.endpoint else 'batch size'} {d['batch_size']}, "
+                      f"prompt style {d['style']}")
         self.progress = Progress(TextColumn("[bold]HumanEval"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[stats]}"), console=self.out.err, transient=False)
@@ -114,6 +122,10 @@ def render_summary(summary: dict[str, Any]):
             e = summary["energy"]
             t.add_row("energy", f"{e['kwh'] * 1000:.3f} Wh (GPU {e['gpu_source']}, CPU {e['cpu_source']})")
             t.add_row("CO2 / cost", f"{summary['co2_g']:.2f} g  /  ${summary['cost_usd']:.4f}")
+        if "energy_note" in summary:  # an endpoint: no energy figure, and the cost's basis spelled out
+            t.add_row("energy / CO2", summary["energy_note"])
+            cost = summary.get("cost_usd")
+            t.add_row("cost", ("-" if cost is None else f"${cost:.4f}") + f"  ({summary.get('cost_basis')})")
         t.add_row("run folder", summary["run_dir"])
         console.print(t)
 
@@ -150,6 +162,9 @@ def bench(
     use_4bit: Use4bitOpt = None,
     use_8bit: Use8bitOpt = None,
     max_memory: MaxMemoryOpt = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", min=1, max=1024,
+                                                       help="Requests in flight to an endpoint model "
+                                                       "(endpoint.concurrency).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run HumanEval on one model: batched, saved as it goes, resumable, optionally executed in a sandbox."""
@@ -158,7 +173,7 @@ def bench(
 
 def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, temperature, samples,
            max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
-           json_out) -> None:
+           concurrency, json_out) -> None:
     from routerllm_cli.bench import BenchInterrupted, StopSignal, run_bench
     from routerllm_cli.config import load_settings
     from routerllm_cli.errors import ConfigError
@@ -181,6 +196,11 @@ def _bench(model, config, num_examples, tasks, skip_execution, batch_size, promp
     if bench_over:
         overrides["bench"] = bench_over
     settings = load_settings(config, overrides)
+    if concurrency is not None:
+        if settings.large.endpoint is None:
+            raise ConfigError("--concurrency applies to endpoint models",
+                              fix="pass --model openai:http://HOST:8000/v1#MODEL, or use --batch-size for a local one")
+        settings.large.endpoint.concurrency = concurrency
     out = Output(json_out)
     stop = StopSignal().install()
     screen = BenchScreen(out)

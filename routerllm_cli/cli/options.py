@@ -14,7 +14,8 @@ ConfigOpt = Annotated[
 ]
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Catalog name (see `routerllm preflight --list-models`), hub id, local dir or .gguf file.",
+    typer.Option("--model", "-m", help="Catalog name (see `routerllm preflight --list-models`), hub id, local dir, .gguf "
+                 "file, or an OpenAI-compatible endpoint: openai:http://HOST:8000/v1#SERVED_MODEL.",
                  show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -38,9 +39,13 @@ def model_overrides(model: str | None = None, use_4bit: bool | None = None, use_
 
     spec: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
     if model is not None:
+        from routerllm_cli.endpoints import is_endpoint_model
+
         spec["name"] = model
         spec["model_id"] = None
         spec["gguf_file"] = None
+        if not is_endpoint_model(model):  # a local model replaces a configured endpoint; openai:... updates it
+            spec["endpoint"] = None
     if use_4bit is not None:
         spec["use_4bit"] = use_4bit
         if use_4bit:

@@ -26,6 +26,10 @@ EPILOG = """Examples:
 
   routerllm preflight --list-models
 
+  routerllm preflight --model llama3_405b --engine vllm --assume-nodes 2x8x80GB   # a cluster: TP/PP and commands
+
+  routerllm preflight --model openai:http://10.0.0.1:8000/v1#meta-llama/Llama-3.1-405B-Instruct  # is it served?
+
 Exit codes: 0 go, 1 no-go, 2 bad configuration.
 """
 
@@ -71,6 +75,14 @@ def preflight(
                                        "report memory used against the plan.")] = False,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt for the --load test generation.",
                                                   show_default=False)] = None,
+    engine: Annotated[Optional[str], typer.Option(
+        "--engine", help="Plan a cluster served by vllm or sglang: parallel sizes, memory per GPU, launch commands.",
+        show_default=False)] = None,
+    assume_nodes: Annotated[Optional[str], typer.Option(
+        "--assume-nodes", help='The cluster for --engine: NODESxGPUSxSIZE, e.g. "2x8x80GB" (default: this machine '
+        'as one node).', show_default=False)] = None,
+    head_address: Annotated[str, typer.Option(
+        "--head-address", help="The head node's address in the printed commands.")] = "HEAD_IP",
 ) -> None:
     """Check the machine and plan the model: per-device layers and memory, go / no-go with fixes, time estimates.
 
@@ -90,6 +102,18 @@ def preflight(
     settings = load_settings(config, model_overrides(model, use_4bit, use_8bit, max_memory,
                                                      offload_folder=offload_folder))
     spec = settings.large
+    if engine is not None or assume_nodes is not None:
+        from routerllm_cli.cli.preflight_cluster import cluster_preflight
+
+        return cluster_preflight(settings, out, engine=engine, nodes=assume_nodes, head=head_address,
+                                 concurrency=batch_size, seq_len=seq_len, num_examples=num_examples)
+    if spec.endpoint is not None:
+        from routerllm_cli.endpoints.source import EndpointSource
+
+        checked = EndpointSource(spec).check()
+        out.result(checked, lambda c: c.print(f"[bold green]endpoint ok[/]: {checked['url']} serves "
+                                              f"{checked['model']} (of {len(checked['served'])} listed)"))
+        return
     hardware = probe_hardware(spec.offload_folder or settings.offload_folder)
     if assume_gpus is not None or assume_cpu is not None:
         hardware = assume_hardware(assume_gpus, assume_cpu, base=hardware)

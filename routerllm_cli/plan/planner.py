@@ -55,6 +55,10 @@ def _shape(model, no_split: list[str], dtype_bytes: int) -> _Shape:
 def _resolve(spec: ModelSpec) -> ModelRef:
     """resolve_spec, except that an embedded catalog model whose package is missing still plans from its shipped
     arch (the plan then says no-go and names the package to install)."""
+    if getattr(spec, "endpoint", None) is not None:
+        raise ConfigError(f"{spec.name} is served by an endpoint ({spec.endpoint.url}): nothing to plan or load here",
+                          fix="bench it (routerllm bench), or plan a cluster for its weights with "
+                          "routerllm preflight --engine vllm --model HUB_ID")
     try:
         return resolve_spec(spec.name, spec.model_id, spec.gguf_file)
     except ConfigError as exc:
