@@ -145,7 +145,8 @@ def test_reads_accelerate_offload_folder_memmaps(reference, tmp_path):
     with torch.no_grad():
         for _ in range(2):
             torch.testing.assert_close(model(PROMPT).logits, ref_logits)
-    assert engine.stats().disk_read_bytes >= 2 * len(DISK_LAYERS) * _layer_bytes(ref_model)
+    # two forwards over three streamed layers, less the two a read-ahead ring may still hold between them
+    assert engine.stats().disk_read_bytes >= (2 * len(DISK_LAYERS) - 2) * _layer_bytes(ref_model)
     engine.detach()
 
 
