@@ -171,7 +171,7 @@ def load_once(settings, quantize_on_load: bool, prompt_ids_text: str, measure: b
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/routerllm_q405"))
-    ap.add_argument("--layers", type=int, default=0, help="0: as many as the disk allows (at most 7)")
+    ap.add_argument("--layers", type=int, default=0, help="0: as many as the disk allows (at most 6)")
     ap.add_argument("--gpu-budget", default="4GB", help="GPU 0's weight budget: embeddings + about one layer")
     ap.add_argument("--cpu-budget", default="100GB")
     ap.add_argument("--problems", type=int, default=16)
@@ -189,7 +189,7 @@ def main() -> int:
 
         result["machine"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
         shape = dict(SMOKE if args.smoke else LAYER_405B)
-        shape["num_hidden_layers"] = args.layers or (6 if args.smoke else auto_layers(args.dir, 7))
+        shape["num_hidden_layers"] = args.layers or (6 if args.smoke else auto_layers(args.dir, 6))
         t0 = time.perf_counter()
         ckpt, built = build_checkpoint(args.dir / f"l{shape['num_hidden_layers']}", shape, shard="7GB")
         result["checkpoint"] = {"layers": shape["num_hidden_layers"], "build_seconds": built,
