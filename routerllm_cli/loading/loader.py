@@ -305,8 +305,10 @@ def _load(plan: "DevicePlan", spec: "ModelSpec", attn: str, folder: Path | None,
             notes.append("quantization: offloaded 4-bit layers are read from the checkpoint and quantized to NF4 "
                          "one weight at a time, never held in 16-bit")
         elif plan.host_format == "nf4" and offloaded_devices(plan.device_map):
-            notes.append(f"quantization: the checkpoint is {ckpt.fmt}, not safetensors: offloaded layers load in "
-                         "16-bit first and are packed after (more host memory than planned while loading)")
+            why = (f"the checkpoint is {ckpt.fmt}, not safetensors" if ckpt.fmt != "safetensors"
+                   else "ROUTERLLM_QUANTIZE_ON_LOAD=0")
+            notes.append(f"quantization: {why}: offloaded layers load in 16-bit first and are packed after (more "
+                         "host memory than planned while loading)")
         prefetcher = plan_prefetch(ckpt, plan)
         watcher = WeightsProgress(ckpt, emit if progress is not None else None, prefetcher)
         if prefetcher is not None:
