@@ -7,6 +7,7 @@ bucket, continuous batching kept (rows that end leave their slot, the next promp
 """
 
 from routerllm_cli.decode.choice import DECODE_PATHS, DecodeChoice, choose_decode, unsupported_reason
-from routerllm_cli.decode.resident import ResidentDecoder
+from routerllm_cli.decode.resident import ResidentDecoder, decode_report, decoder_for
 
-__all__ = ["DECODE_PATHS", "DecodeChoice", "ResidentDecoder", "choose_decode", "unsupported_reason"]
+__all__ = ["DECODE_PATHS", "DecodeChoice", "ResidentDecoder", "choose_decode", "decode_report", "decoder_for",
+           "unsupported_reason"]

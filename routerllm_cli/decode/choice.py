@@ -71,16 +71,16 @@ def choose_decode(requested: str, plan: Any, *, continuous: bool, model: Any = N
     if gpus and offloaded:
         return eager(f"layers on {'/'.join(offloaded)} decode through the offload engine, whose step is the copy "
                      "to the GPU")
+    if not gpus and requested != "compiled":
+        return eager("no GPU (CUDA graphs need one)")
     if not continuous:
         return eager("static batching decodes through generate (the static step serves continuous batching)")
     reason = unsupported_reason(model, sampling=sampling) if model is not None else None
     if reason is not None:
         return eager(reason)
     if not gpus:
-        if requested == "compiled":
-            return DecodeChoice("compiled", "no GPU: the static-cache step runs uncaptured (CUDA graphs need one)",
-                                False, requested)
-        return eager("no GPU (CUDA graphs need one)")
+        return DecodeChoice("compiled", "no GPU: the static-cache step runs uncaptured (CUDA graphs need one)",
+                            False, requested)
     if len(gpus) > 1:
         return eager(f"layers split over GPUs {', '.join(map(str, gpus))}: the step is captured on a single GPU")
     if cuda_available is None:

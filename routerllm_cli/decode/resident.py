@@ -314,3 +314,30 @@ class _StopCheck:
                     self.done[i] = True
                 elif len(row.gen) + t >= self.max_new:
                     self.done[i] = True
+
+
+def decoder_for(plan: Any, model: Any, requested: str, *, continuous: bool, sampling: bool, slots: int,
+                on_event: Callable[[str, dict], None] | None = None) -> tuple[ResidentDecoder | None, dict[str, Any]]:
+    """The decode path of a run (`requested` is bench.decode; the plan and the model decide the rest): the
+    choice as a dict (it is also sent as a "decode" event) and, for the compiled path, its decoder sized by the plan."""
+    from routerllm_cli.decode.choice import choose_decode
+
+    choice = choose_decode(requested, plan, continuous=continuous, model=model, sampling=sampling)
+    info = choice.to_dict()
+    if on_event is not None:
+        on_event("decode", info)
+    if choice.path != "compiled":
+        return None, info
+    return ResidentDecoder.for_plan(plan, model, capture=choice.capture, slots=slots, on_event=on_event), info
+
+
+def decode_report(info: dict[str, Any] | None, decoder: ResidentDecoder | None) -> dict[str, Any] | None:
+    """What a run summary records: the path and why, and for the compiled path what capturing cost and whether
+    it fell back to eager (then `path` is eager and `fallback` says why)."""
+    if info is None or decoder is None:
+        return info
+    report = decoder.report()
+    out = {**info, **report}
+    if report["fallback"]:
+        out["path"] = "eager"
+    return out
