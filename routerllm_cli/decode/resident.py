@@ -59,7 +59,7 @@ class ResidentDecoder:
         self.write_at: dict[int, int] = {}  # id(row) -> the column its next token's key/value goes to
         self.fallback: str | None = None
         self.stats = {"static_chunks": 0, "eager_chunks": 0, "steps": 0, "decode_seconds": 0.0,
-                      "prefill_seconds": 0.0, "prefilled_rows": 0}
+                      "prefill_seconds": 0.0, "prefilled_rows": 0, "moved_rows": 0}
         self.last_chunk: dict[str, Any] = {}
         self.captures: list[dict] = []  # one per captured graph, kept after a fallback drops the graphs
 
@@ -179,6 +179,7 @@ class ResidentDecoder:
             self.batch.move([m[1] for m in moves], [m[2] for m in moves])
             for rid, _, dst in moves:
                 self.slot_of[rid] = dst
+            self.stats["moved_rows"] += len(moves)
 
     def _admit(self, new: list, bucket: int, ctx: Any) -> dict[int, int]:
         """Prefill the rows entering (together, left-padded, through `generate`) and copy their caches in."""
