@@ -40,16 +40,19 @@ class ResidentDecoder:
     data)` hears "capture" (one per graph) and "decode_fallback"."""
 
     def __init__(self, model: Any, *, slots: int, max_tokens: int, capture: bool, chunk_tokens: int = 32,
-                 check_every: int = 8, batch_buckets: tuple[int, ...] = BATCH_BUCKETS, warmup: int = 2,
+                 check_every: int = 8, batch_buckets: tuple[int, ...] | None = None, warmup: int = 2,
                  on_event: Callable[[str, dict], None] | None = None):
         self.model, self.slots, self.capture = model, max(1, int(slots)), capture
         self.chunk_tokens, self.check_every, self.warmup = chunk_tokens, max(1, check_every), warmup
         self.tokens = _round_up(int(max_tokens) + chunk_tokens, _ALIGN)
-        self.batch_buckets = sorted({b for b in batch_buckets if b < self.slots} | {self.slots})
-        lengths, n = set(), 128
+        # Buckets bound the number of graphs; uncaptured, nothing is gained by padding rows or positions.
+        exact = not capture and batch_buckets is None
+        buckets = range(1, self.slots + 1) if exact else (batch_buckets or BATCH_BUCKETS)
+        self.batch_buckets = sorted({b for b in buckets if b < self.slots} | {self.slots})
+        lengths, n = set(), (16 if exact else 128)
         while n < self.tokens:
             lengths.add(n)
-            n *= 2
+            n = n + 16 if exact else n * 2
         self.length_buckets = sorted(lengths | {self.tokens})
         self.emit = on_event or (lambda kind, data: None)
         self.batch: StaticBatch | None = None
@@ -87,6 +90,10 @@ class ResidentDecoder:
         self.rows_held.clear()
         self.write_at.clear()
         self.batch = self.graphs = None  # the eager path needs the memory more than these buffers
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self.emit("decode_fallback", {"reason": reason})
 
     def _static_chunk(self, rows: list, steps: int, ctx: Any) -> tuple[list[list[int]], dict[int, tuple[int, str]]]:
@@ -195,9 +202,12 @@ class ResidentDecoder:
         start = time.perf_counter()
         input_ids = torch.tensor([[ctx.pad] * (width - len(s)) + s for s in seqs], device=ctx.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=ctx.device)
-        out = ctx.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=1, pad_token_id=ctx.pad,
-                                 eos_token_id=sorted(ctx.eos_ids) or None, return_dict_in_generate=True,
-                                 **ctx.sampling)
+        try:
+            out = ctx.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=1, pad_token_id=ctx.pad,
+                                     eos_token_id=sorted(ctx.eos_ids) or None, return_dict_in_generate=True,
+                                     **ctx.sampling)
+        except torch.OutOfMemoryError as exc:  # prefill next to the static cache; eager has the room without it
+            raise _Fallback(f"prefilling {len(new)} rows next to the static cache ran out of memory") from exc
         cache = getattr(out, "cache", None)
         cache = cache if cache is not None else getattr(out, "past_key_values", None)
         layers = [(layer.keys, layer.values) for layer in getattr(cache, "layers", None) or []]
