@@ -131,6 +131,29 @@ def test_sampling_through_the_static_step_is_reproducible_with_a_seed(tiny):
     assert any(first[k].text != greedy[k].text for k in greedy)  # it really sampled
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "phi3", "gemma"])
+def test_other_validated_architectures_answer_as_generate_does(tiny, kind):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, tok, prompts = tiny
+    shape = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                 num_hidden_layers=2, vocab_size=512, pad_token_id=0, bos_token_id=1, eos_token_id=2, head_dim=16)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **shape), attn_implementation="sdpa",
+                                             dtype=torch.float32).eval()
+    with torch.no_grad():  # larger weights than the init's, so the answers differ from prompt to prompt
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(5)
+    assert unsupported_reason(model) is None
+    kw = dict(max_new_tokens=10)
+    single = {k: generation.generate_batch(model, tok, [p], **kw)[0] for k, p in prompts[:5]}
+    static, decoder = _static(model, tok, prompts[:5], slots=2, **kw)
+    _same(static, single)
+    assert decoder.fallback is None and decoder.stats["static_chunks"] > 0
+
+
 # --------------------------------------------------------------------------------------- the embedded model
 @pytest.mark.slow
 def test_smollm2_static_step_equals_generate_on_humaneval_with_refill_and_stops():
@@ -189,7 +212,7 @@ def test_on_a_cpu_auto_is_eager_and_compiled_runs_the_step_uncaptured():
 
 def test_models_the_static_step_cannot_reproduce_are_named():
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     small = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
                  num_hidden_layers=2, vocab_size=64)
@@ -199,6 +222,10 @@ def test_models_the_static_step_cannot_reproduce_are_named():
                                                                max_window_layers=0))
     assert unsupported_reason(llama) is None
     assert "sliding" in unsupported_reason(sliding)
+    with torch.device("meta"):
+        bloom = AutoModelForCausalLM.from_config(AutoConfig.for_model("bloom", hidden_size=32, n_head=4, n_layer=2,
+                                                                      vocab_size=64))
+    assert "model type 'bloom'" in unsupported_reason(bloom)  # ALiBi comes from the mask: not validated
     llama.generation_config.repetition_penalty = 1.3
     assert "repetition_penalty" in unsupported_reason(llama)
 
