@@ -73,10 +73,10 @@ class StaticBatch:
         if any(k.device != self.device or v.device != self.device for k, v in layers):
             raise UnsupportedStep("the layers' caches are on several devices")
         attn = getattr(model.config, "_attn_implementation", None)
-        if attn == "sdpa":  # a boolean mask, as transformers makes it for SDPA
-            self.visible, self.hidden, mask_dtype = True, False, torch.bool
-        elif attn == "eager":  # an additive mask, as transformers makes it for eager attention
-            mask_dtype = key0.dtype
+        mask_dtype = key0.dtype
+        if attn == "sdpa":  # additive: SDPA turns transformers' boolean mask into 0/-inf itself, in every layer
+            self.visible, self.hidden = 0.0, float("-inf")
+        elif attn == "eager":  # additive, as transformers makes it for eager attention
             self.visible, self.hidden = 0.0, torch.finfo(mask_dtype).min
         else:
             raise UnsupportedStep(f"attention {attn!r} takes another mask than the static step builds")
