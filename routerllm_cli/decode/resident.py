@@ -62,7 +62,8 @@ class ResidentDecoder:
         self.write_at: dict[int, int] = {}  # id(row) -> the column its next token's key/value goes to
         self.fallback: str | None = None
         self.stats = {"static_chunks": 0, "eager_chunks": 0, "steps": 0, "decode_seconds": 0.0,
-                      "prefill_seconds": 0.0, "prefilled_rows": 0, "moved_rows": 0}
+                      "prefill_seconds": 0.0, "prefilled_rows": 0, "moved_rows": 0,
+                      "stop_check_seconds": 0.0}  # host time testing stops (overlaps the GPU's next block)
         self.last_chunk: dict[str, Any] = {}
         self.captures: list[dict] = []  # one per captured graph, kept after a fallback drops the graphs
 
@@ -165,6 +166,7 @@ class ResidentDecoder:
             check.take(*pending)
         seconds = time.perf_counter() - start
         self.stats["steps"] += ran
+        self.stats["stop_check_seconds"] += check.seconds
         self.stats["decode_seconds"] += seconds
         self.last_chunk = {"rows": len(rows), "bucket": list(bucket), "steps": ran, "decode_seconds": seconds,
                            "prefilled": len(first)}
@@ -300,6 +302,7 @@ class _StopCheck:
         self.checked = [0] * len(rows)
         self.done = [False] * len(rows)
         self.finished_at: dict[int, tuple[int, str]] = {}
+        self.seconds = 0.0
 
     @property
     def all_done(self) -> bool:
@@ -313,6 +316,11 @@ class _StopCheck:
         self.feed()
 
     def feed(self) -> None:
+        start = time.perf_counter()
+        self._feed()
+        self.seconds += time.perf_counter() - start
+
+    def _feed(self) -> None:
         for i, row in enumerate(self.rows):
             toks = self.tokens[i]
             while not self.done[i] and self.checked[i] < len(toks):
