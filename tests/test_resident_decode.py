@@ -250,7 +250,7 @@ def test_bench_decode_compiled_gives_the_eager_answers_and_records_the_path(tiny
     assert by_task(samples_c) == by_task(samples_e) and len(samples_c) == 5
     assert summary_c["decode"]["path"] == "compiled" and summary_c["decode"]["static_chunks"] > 0
     assert summary_e["decode"]["path"] == "eager" and "asked for" in summary_e["decode"]["reason"]
-    assert "decode: compiled (no GPU: the static-cache step runs uncaptured" in screen
+    assert "decode: compiled (no GPU for CUDA graphs: the static-cache step runs uncaptured)" in screen
 
 
 def test_a_decode_typo_is_one_line_naming_the_choices():

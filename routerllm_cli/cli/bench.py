@@ -114,7 +114,7 @@ def decode_text(d: dict[str, Any]) -> str:
     if d.get("path") == "compiled":
         if d.get("captured"):
             return f"compiled: {d.get('graphs', 0)} CUDA graphs captured in {d.get('capture_seconds', 0.0):.2f} s"
-        return f"compiled, uncaptured ({d['reason']})"
+        return f"compiled ({d['reason']})"
     return f"eager ({d.get('reason', '')})"
 
 

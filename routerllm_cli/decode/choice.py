@@ -70,7 +70,7 @@ def choose_decode(requested: str, plan: Any, *, continuous: bool, model: Any = N
         return DecodeChoice("eager", reason, False, requested)
 
     if requested == "eager":
-        return DecodeChoice("eager", "eager was asked for (generate, dynamic cache)", False, requested)
+        return DecodeChoice("eager", "eager was asked for: generate with a dynamic cache", False, requested)
     placed = set(plan.device_map.values())
     gpus = sorted(v for v in placed if isinstance(v, int))
     offloaded = sorted(str(v) for v in placed if str(v) in ("cpu", "disk"))
@@ -78,14 +78,14 @@ def choose_decode(requested: str, plan: Any, *, continuous: bool, model: Any = N
         return eager(f"layers on {'/'.join(offloaded)} decode through the offload engine, whose step is the copy "
                      "to the GPU")
     if not gpus and requested != "compiled":
-        return eager("no GPU (CUDA graphs need one)")
+        return eager("no GPU for CUDA graphs")
     if not continuous:
         return eager("static batching decodes through generate (the static step serves continuous batching)")
     reason = unsupported_reason(model, sampling=sampling) if model is not None else None
     if reason is not None:
         return eager(reason)
     if not gpus:
-        return DecodeChoice("compiled", "no GPU: the static-cache step runs uncaptured (CUDA graphs need one)",
+        return DecodeChoice("compiled", "no GPU for CUDA graphs: the static-cache step runs uncaptured",
                             False, requested)
     if len(gpus) > 1:
         return eager(f"layers split over GPUs {', '.join(map(str, gpus))}: the step is captured on a single GPU")
