@@ -113,6 +113,32 @@ def test_a_capture_that_cannot_run_falls_back_to_eager_and_loses_nothing(tiny):
     assert [k for k, _ in events] == ["decode_fallback"]
 
 
+def test_the_warm_up_before_a_capture_leaves_the_answers_unchanged(tiny):
+    """Before capturing, the step runs twice for real and the state is put back; its keys/values stay in the
+    cache. Warming up between every chunk (with dummy rows in the bucket) must not change a single token."""
+    import torch
+
+    model, tok, prompts = tiny
+    kw = dict(max_new_tokens=13, stop_sequences=("e",))
+    single = {k: generation.generate_batch(model, tok, [p], **kw)[0] for k, p in prompts}
+    decoder = ResidentDecoder(model, slots=4, max_tokens=400, capture=False, chunk_tokens=4, batch_buckets=(1, 8))
+    warmed = []
+
+    def chunk(rows, steps, ctx):
+        out = decoder(rows, steps, ctx)
+        if decoder.graphs is not None:
+            with torch.inference_mode():  # as the decoder does before a capture
+                decoder.batch.counter.zero_()
+                decoder.graphs.warm_up()
+            warmed.append(decoder.batch.rows)
+        return out
+
+    static = dict(generation.generate_continuous(model, tok, prompts, batch_size=4, chunk_tokens=4, decoder=chunk,
+                                                 **kw))
+    _same(static, single)
+    assert len(warmed) >= 3 and decoder.graphs.warmup == 2
+
+
 def test_a_prompt_longer_than_the_plan_allows_falls_back_with_the_reason(tiny):
     model, tok, prompts = tiny
     kw = dict(max_new_tokens=9)

@@ -236,21 +236,33 @@ class StepGraphs:
             self.graphs[key] = self._capture()
         return self.graphs[key].replay
 
+    def warm_up(self) -> None:
+        """Run the step `warmup` times (on a side stream on CUDA) and put the state back as it was. The keys and
+        values those steps wrote sit at each row's next columns, which the real steps overwrite before reading."""
+        import torch
+
+        batch = self.batch
+        saved = [t.clone() for t in batch.state()]
+        if batch.device.type == "cuda":
+            side = torch.cuda.Stream(device=batch.device)
+            side.wait_stream(torch.cuda.current_stream(batch.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    batch.step()
+            torch.cuda.current_stream(batch.device).wait_stream(side)
+        else:
+            for _ in range(self.warmup):
+                batch.step()
+        for t, s in zip(batch.state(), saved):
+            t.copy_(s)
+
     def _capture(self) -> Any:
         """The documented recipe: warm up on a side stream (lazy inits happen outside the graph), put the state
         back, capture once into the shared pool."""
         import torch
 
         batch, start = self.batch, time.perf_counter()
-        saved = [t.clone() for t in batch.state()]
-        side = torch.cuda.Stream(device=batch.device)
-        side.wait_stream(torch.cuda.current_stream(batch.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                batch.step()
-        torch.cuda.current_stream(batch.device).wait_stream(side)
-        for t, s in zip(batch.state(), saved):
-            t.copy_(s)
+        self.warm_up()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
