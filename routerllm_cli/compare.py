@@ -279,5 +279,6 @@ def run_compare(settings: Settings, out_dir: Path, *, policy: str | None = None,
             "files": {"json": str(report.json_path), "markdown": str(report.md_path), "chart": str(report.png_path)},
             "models": {n: {"run_dir": str(mr.run.run_dir), "load_seconds": mr.run.load_seconds,
                            "loads": pipe.loads.get(n, 0),
-                           "generation_seconds": mr.run.summary.get("generation_seconds")}
+                           "generation_seconds": mr.run.summary.get("generation_seconds"),
+                           "decode": mr.run.summary.get("decode")}
                        for n, mr in pipe.runs.items()}}

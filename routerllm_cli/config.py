@@ -222,6 +222,9 @@ class BenchSpec(_Strict):
     batch_size: int | Literal["auto"] = "auto"
     # continuous: finished rows are refilled with new problems (auto: on a GPU); static: fixed batches
     batching: Literal["auto", "static", "continuous"] = "auto"
+    # compiled: a static KV cache and the decode step captured as CUDA graphs (auto: when every layer sits on one
+    # GPU); eager: generate with a dynamic cache. Offloaded models always decode through the offload engine.
+    decode: Literal["auto", "eager", "compiled"] = "auto"
     max_new_tokens: int = Field(384, ge=1)
     max_prompt_tokens: int = Field(1024, ge=16)
     prompt_style: Literal["auto", "base", "instruct"] = "auto"

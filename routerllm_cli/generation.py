@@ -247,25 +247,62 @@ class _Row:
     share: float = 0.0
 
 
+@dataclass
+class ChunkContext:
+    """What a chunk decoder needs besides the rows: the model, how to stop, how to pick tokens."""
+
+    model: Any
+    tokenizer: Any
+    device: Any
+    pad: int
+    eos_ids: set[int]
+    stops: list[str]
+    stop_when: Callable[[str], int | None] | None
+    sampling: dict[str, Any]  # `generate` keyword arguments from `_sampling`
+    max_new_tokens: int
+
+
+# A chunk decoder: (rows in flight, steps, context) -> (new tokens per row, {row: (tokens when it stopped, why)}).
+# It may return fewer tokens than `steps` for a row that is not finished; the row then continues next chunk.
+ChunkDecoder = Callable[[list[_Row], int, ChunkContext], tuple[list[list[int]], dict[int, tuple[int, str]]]]
+
+
+def generate_chunk(rows: list[_Row], steps: int, ctx: ChunkContext) -> tuple[list[list[int]], dict[int, tuple[int, str]]]:
+    """The plain chunk decoder: one `model.generate` over prompt + answer so far of every row, left-padded."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    seqs = [r.prompt_ids + r.gen for r in rows]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.tensor([[ctx.pad] * (width - len(s)) + s for s in seqs], device=ctx.device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=ctx.device)
+    criteria = _ContinuedStop(ctx.tokenizer, width, ctx.stops, ctx.stop_when, ctx.eos_ids, prior=[r.gen for r in rows])
+    with torch.inference_mode():
+        out = ctx.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=steps,
+                                 stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=ctx.pad,
+                                 eos_token_id=sorted(ctx.eos_ids) or None, **ctx.sampling)
+    return out[:, width:].cpu().tolist(), criteria.finished_at  # the copy to host waits for the device
+
+
 def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, str]], *, batch_size: int,
                         max_new_tokens: int, stop_sequences: Sequence[str] = (),
                         stop_when: Callable[[str], int | None] | None = None, temperature: float = 0.0,
                         top_p: float = 0.95, seed: int | None = None, device: Any = None, chunk_tokens: int = 32,
-                        should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
+                        should_stop: Callable[[], bool] | None = None,
+                        decoder: ChunkDecoder | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
     """Continuous batching over `model.generate`: every `chunk_tokens` steps the rows whose answers ended leave and
     the next prompts take their places, so the batch stays full instead of decoding until its longest answer ends.
     Each chunk re-reads prompt + answer so far (one prefill a chunk, cheap on a GPU next to the decode steps it
     saves), so greedy answers equal one-by-one generation. Yields (key, output) as answers finish; `seconds` is
-    the row's own wall time. When `should_stop()` turns true no new prompt is taken; rows in flight finish."""
-    import torch
-    from transformers import StoppingCriteriaList
-
+    the row's own wall time. When `should_stop()` turns true no new prompt is taken; rows in flight finish.
+    `decoder` decodes each chunk (default `generate_chunk`; routerllm_cli.decode keeps rows' caches on the GPU)."""
     prepare_tokenizer(tokenizer)
     device = device if device is not None else getattr(model, "device", "cpu")
     eos_ids = _eos_ids(model, tokenizer)
     stops = [s for s in stop_sequences if s]
     pad = tokenizer.pad_token_id
     sampling = _sampling(temperature, top_p, seed)
+    ctx = ChunkContext(model, tokenizer, device, pad, eos_ids, stops, stop_when, sampling, max_new_tokens)
     queue = list(prompts)
     active: list[_Row] = []
     while queue or active:
@@ -277,17 +314,8 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
             break
         remaining = [max_new_tokens - len(r.gen) for r in active]
         steps = min(chunk_tokens, max(remaining))
-        seqs = [r.prompt_ids + r.gen for r in active]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-        criteria = _ContinuedStop(tokenizer, width, stops, stop_when, eos_ids, prior=[r.gen for r in active])
         chunk_start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=steps,
-                                 stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=pad,
-                                 eos_token_id=sorted(eos_ids) or None, **sampling)
-        chunks = out[:, width:].cpu().tolist()  # the copy to host waits for the device
+        chunks, finished_at = (decoder or generate_chunk)(active, steps, ctx)
         for row in active:
             row.share += (time.perf_counter() - chunk_start) / len(active)
         still: list[_Row] = []
@@ -295,8 +323,8 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
             toks = toks[:room]
             eos_at = next((j for j, t in enumerate(toks) if t in eos_ids), None)
             row.gen += toks if eos_at is None else toks[: eos_at + 1]
-            if i in criteria.finished_at:  # a stop hit mid-chunk: the rest of the chunk is padding
-                row.gen = row.gen[:criteria.finished_at[i][0]]
+            if i in finished_at:  # a stop hit mid-chunk: the rest of the chunk is padding
+                row.gen = row.gen[:finished_at[i][0]]
             text = tokenizer.decode(row.gen, skip_special_tokens=True)
             hit = _earliest_stop(text, stops)
             end = stop_when(text) if (hit is None and stop_when is not None) else None

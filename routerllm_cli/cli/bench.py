@@ -10,8 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from routerllm_cli.cli.errors import handle_errors
-from routerllm_cli.cli.options import (ConfigOpt, JsonOpt, MaxMemoryOpt, ModelOpt, ResultsDirOpt, Use4bitOpt,
-                                       Use8bitOpt, model_overrides)
+from routerllm_cli.cli.options import (ConfigOpt, DecodeOpt, JsonOpt, MaxMemoryOpt, ModelOpt, ResultsDirOpt,
+                                       Use4bitOpt, Use8bitOpt, decode_override, model_overrides)
 from routerllm_cli.cli.output import Output
 from routerllm_cli.units import format_duration
 
@@ -70,6 +70,16 @@ class BenchScreen:
     def on_loaded(self, d: dict) -> None:
         self.out.info(f"loaded in {d['load_seconds']:.1f} s (attention: {d['attn']})")
 
+    def on_decode(self, d: dict) -> None:
+        self.out.info(f"decode: {d['path']} ({d['reason']})")
+
+    def on_capture(self, d: dict) -> None:
+        self.out.info(f"captured the decode step for batch {d['batch']} x {d['tokens']} tokens in {d['seconds']:.2f} s "
+                      f"({d['graphs']} graph{'s' if d['graphs'] > 1 else ''}, {d['total_seconds']:.2f} s in all)")
+
+    def on_decode_fallback(self, d: dict) -> None:
+        self.out.info(f"decode: falling back to eager: {d['reason']}")
+
     def on_generating(self, d: dict) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -97,6 +107,17 @@ class BenchScreen:
             self.progress.stop()
 
 
+def decode_text(d: dict[str, Any]) -> str:
+    """One line: which decode path ran, and what capturing cost or why not."""
+    if d.get("fallback"):
+        return f"eager after a fallback: {d['fallback']}"
+    if d.get("path") == "compiled":
+        if d.get("captured"):
+            return f"compiled: {d.get('graphs', 0)} CUDA graphs captured in {d.get('capture_seconds', 0.0):.2f} s"
+        return f"compiled ({d['reason']})"
+    return f"eager ({d.get('reason', '')})"
+
+
 def render_summary(summary: dict[str, Any]):
     def render(console) -> None:
         from rich.table import Table
@@ -116,6 +137,8 @@ def render_summary(summary: dict[str, Any]):
         if summary.get("time_to_first_batch_s") is not None:
             t.add_row("time to first batch", f"{summary['time_to_first_batch_s']:.1f} s")
         t.add_row("load time", f"{summary['load_seconds']:.1f} s")
+        if summary.get("decode"):
+            t.add_row("decode", decode_text(summary["decode"]))
         for dev, b in summary.get("peak_memory", {}).items():
             t.add_row(f"peak memory {dev}", f"{b / 1e9:.2f} GB")
         if "energy" in summary:
@@ -148,6 +171,7 @@ def bench(
                                                         show_default=False)] = None,
     batching: Annotated[Optional[str], typer.Option("--batching", help="auto (continuous on a GPU, static on a "
                                                     "CPU) | static | continuous", show_default=False)] = None,
+    decode: DecodeOpt = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, show_default=False)] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Samples per problem (pass@k).",
                                                    show_default=False)] = None,
@@ -171,8 +195,8 @@ def bench(
     handle_errors(_bench)(**locals())
 
 
-def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, temperature, samples,
-           max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
+def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, decode, temperature,
+           samples, max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
            concurrency, json_out) -> None:
     from routerllm_cli.bench import BenchInterrupted, StopSignal, run_bench
     from routerllm_cli.config import load_settings
@@ -186,6 +210,7 @@ def _bench(model, config, num_examples, tasks, skip_execution, batch_size, promp
                        ("results_dir", results_dir)):
         if value is not None:
             bench_over[key] = value
+    bench_over.update(decode_override(decode))
     if tasks:
         bench_over["task_ids"] = [t.strip() for t in tasks.split(",") if t.strip()]
     if batch_size is not None:

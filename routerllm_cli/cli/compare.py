@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from routerllm_cli.cli.errors import handle_errors
-from routerllm_cli.cli.options import ConfigOpt, JsonOpt, ResultsDirOpt
+from routerllm_cli.cli.options import ConfigOpt, DecodeOpt, JsonOpt, ResultsDirOpt, decode_override
 from routerllm_cli.cli.output import Output
 
 EPILOG = """Examples:
@@ -31,6 +31,7 @@ def compare(
                                                            help="Generate only (accuracy = generation success).",
                                                            show_default=False)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", min=1, show_default=False)] = None,
+    decode: DecodeOpt = None,
     results_dir: ResultsDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -38,7 +39,7 @@ def compare(
     handle_errors(_compare)(**locals())
 
 
-def _compare(config, num_examples, router, use_large_model, skip_execution, max_new_tokens, results_dir,
+def _compare(config, num_examples, router, use_large_model, skip_execution, max_new_tokens, decode, results_dir,
              json_out) -> None:
 
     from routerllm_cli.bench import StopSignal
@@ -50,6 +51,7 @@ def _compare(config, num_examples, router, use_large_model, skip_execution, max_
         raise ConfigError(f"--router {router!r} is not a policy", fix="use heuristic, cascade, random or oracle")
     bench_over: dict[str, Any] = {k: v for k, v in (("num_examples", num_examples), ("skip_execution", skip_execution),
                                                     ("max_new_tokens", max_new_tokens)) if v is not None}
+    bench_over.update(decode_override(decode))
     overrides: dict[str, Any] = {"bench": bench_over} if bench_over else {}
     if router is not None:
         overrides["models"] = {"router": {"policy": router}}
@@ -65,13 +67,16 @@ def _compare(config, num_examples, router, use_large_model, skip_execution, max_
         stop.restore()
 
     def render(console) -> None:
+        from routerllm_cli.cli.bench import decode_text
         from routerllm_cli.report import rich_table
 
         console.print(rich_table(result["rows"], title="RouterLLM vs the field", width=console.width))
         for note in result["notes"]:
             console.print(f"[dim]{note}[/]")
         for name, m in result["models"].items():
-            console.print(f"[dim]{name}: load {m['load_seconds']:.1f} s (separate from generation), run {m['run_dir']}[/]")
+            decode = f", decode {decode_text(m['decode'])}" if m.get("decode") else ""
+            console.print(f"[dim]{name}: load {m['load_seconds']:.1f} s (separate from generation){decode}, "
+                          f"run {m['run_dir']}[/]")
         console.print(f"written: {result['files']['json']}, {result['files']['markdown']}, {result['files']['chart']}")
 
     out.result({k: v for k, v in result.items() if k != "rows"}, render)

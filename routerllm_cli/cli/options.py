@@ -23,6 +23,11 @@ ResultsDirOpt = Annotated[
     Optional[Path], typer.Option("--results-dir", help="Where run folders are written (default: bench.results_dir).",
                                  show_default=False)
 ]
+DecodeOpt = Annotated[
+    Optional[str],
+    typer.Option("--decode", help="auto (compiled when every layer is on one GPU) | compiled (static KV cache, "
+                 "decode step captured as CUDA graphs) | eager (generate).", show_default=False),
+]
 Use4bitOpt = Annotated[Optional[bool], typer.Option("--4bit/--no-4bit", help="Override use_4bit.", show_default=False)]
 Use8bitOpt = Annotated[Optional[bool], typer.Option("--8bit/--no-8bit", help="Override use_8bit.", show_default=False)]
 MaxMemoryOpt = Annotated[
@@ -63,3 +68,14 @@ def model_overrides(model: str | None = None, use_4bit: bool | None = None, use_
             budgets[dev.strip()] = size.strip()
         spec["max_memory"] = budgets
     return {"models": {"large_llm": spec}} if spec else {}
+
+
+def decode_override(decode: str | None) -> dict[str, Any]:
+    """`--decode` as a bench override, checked here so a typo is one line naming the choices."""
+    from routerllm_cli.errors import ConfigError
+
+    if decode is None:
+        return {}
+    if decode not in ("auto", "eager", "compiled"):
+        raise ConfigError(f"--decode {decode!r} is not a decode path", fix="use auto, compiled or eager")
+    return {"decode": decode}
