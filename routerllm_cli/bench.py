@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from routerllm_cli.config import ModelSpec, Settings
-from routerllm_cli.errors import NoGoError, RouterLLMError
+from routerllm_cli.errors import RouterLLMError
 
 EventSink = Callable[[str, dict[str, Any]], None]
 SUMMARY_EVERY = 10

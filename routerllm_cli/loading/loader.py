@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from routerllm_cli.errors import ConfigError, NoGoError, RouterLLMError, RunFailed
+from routerllm_cli.errors import ConfigError, RouterLLMError, RunFailed
 from routerllm_cli.units import format_bytes
 from routerllm_cli import hub
 from routerllm_cli.loading.checkpoint import Checkpoint, locate_checkpoint, plan_prefetch

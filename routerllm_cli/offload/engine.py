@@ -24,14 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from routerllm_cli.errors import ConfigError, RunFailed
-from routerllm_cli.units import format_bytes
-from routerllm_cli.offload.sources import Entry, Source, Unit, offload_hooks, source_from_weights_map, strip_hook
-from routerllm_cli.offload.staging import DiskStreamer, PackedSpill, Reader, Staging, view_of
-
-_ALIGN = 256  # byte alignment of every tensor in a flat buffer: any dtype view and vectorised kernel is happy
-_RING_DEPTH = 2
-_OFFLOADED = ("cpu", "disk")
+from routerllm_cli.errors import ConfigError
+from routerllm_cli.offload.host import HostMemory
+from routerllm_cli.offload.quant import pack_unit
+from routerllm_cli.offload.sources import Unit
+from routerllm_cli.offload.staging import PackedSpill, Reader, Staging, view_of
+from routerllm_cli.offload.units import collect, layout, plan_units
 
 
 @dataclass
@@ -101,269 +99,13 @@ class OffloadEngine:
         self.compress_statistics = compress_statistics
         self.units: list[Unit] = []
         self.staging: dict[Any, Staging] = {}
-        self.streamer: DiskStreamer | None = None
         self.reader: Reader | None = None
-        self.ring: list[Any] = []
-        self.ring_pinned = False
-        self.pageable_reasons: list[str] = []
+        self.host: HostMemory | None = None
         self.skipped: list[str] = []
         self.copied_bytes = 0
         self.unprefetched = 0
         self.clock = 0
         self.attached = False
-        self._registered: list[int] = []  # data_ptrs we cudaHostRegister-ed
-
-    # ------------------------------------------------------------------ planning
-    def _device(self, value: Any) -> Any:
-        import torch
-
-        if isinstance(value, int):
-            return torch.device("cuda", value)
-        dev = torch.device(value)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        return dev
-
-    def _plan_units(self) -> None:
-        modules = dict(self.model.named_modules())
-        order = {name: i for i, name in enumerate(modules)}
-        for name, dev in self.device_map.items():
-            if name not in modules:
-                raise ConfigError(f"device map names {name!r}, which is not a module of this model",
-                                  fix="pass the device map the model was loaded with")  # fmt: skip
-            if dev in _OFFLOADED and name == "":
-                raise ConfigError("the device map offloads the whole model", fix="map some modules to a GPU")
-        runs = self.execution_devices
-        if runs is None:
-            from routerllm_cli.plan.placement import run_devices
-
-            runs = run_devices(self.model, self.device_map)
-        self.device_map, runs = _split_containers(self.device_map, runs, modules)
-        ordered = sorted(self.device_map, key=lambda n: order[n])
-        shared = self._shared_param_ids()
-        for name in ordered:
-            dev = self.device_map[name]
-            if dev not in _OFFLOADED:
-                continue
-            module = modules[name]
-            if any(id(p) in shared for p in module.parameters()):
-                self.skipped.append(f"{name}: shares a parameter with a module outside it (tied weights)")
-                continue
-            exec_dev = self.execution_device if self.execution_device is not None else runs.get(name)
-            exec_dev = self._device("cpu" if exec_dev in (None, "disk") else exec_dev)
-            held = self.host_devices.get(name, str(dev))
-            self.units.append(Unit(index=len(self.units), name=name, module=module, device=exec_dev,
-                                    disk=held == "disk", read_from_disk=dev == "disk"))  # fmt: skip
-
-    def _shared_param_ids(self) -> set[int]:
-        owners: dict[int, set[str]] = {}
-        offloaded = [n for n, d in self.device_map.items() if d in _OFFLOADED]
-        for pname, p in self.model.named_parameters(remove_duplicate=False):
-            unit = next((n for n in offloaded if pname.startswith(n + ".")), None)
-            owners.setdefault(id(p), set()).add(unit or "")
-        return {pid for pid, units in owners.items() if len(units) > 1}
-
-    def _collect(self, unit: Unit, headers: dict) -> None:
-        """Find where each tensor of the unit lives (module, Accelerate weights_map or file) and strip hooks."""
-        import torch
-
-        prefixes = {}
-        hooks = []
-        for rel, sub in unit.module.named_modules():
-            prefixes[id(sub)] = rel
-            if getattr(sub, "_hf_hook", None) is not None:
-                hooks.append((sub, sub._hf_hook))
-        owners = {id(m): m for _, m in unit.module.named_modules()}
-
-        def weights_map_for(rel_module: str, local: str) -> tuple[Any, str] | None:
-            parts = rel_module.split(".") if rel_module else []
-            for depth in range(len(parts), -1, -1):
-                anc_rel = ".".join(parts[:depth])
-                anc = unit.module.get_submodule(anc_rel) if anc_rel else unit.module
-                for hook in offload_hooks(anc):
-                    wm = getattr(hook, "weights_map", None)
-                    if getattr(hook, "offload", False) and wm is not None:
-                        if depth == len(parts) or getattr(hook, "place_submodules", False):
-                            key = ".".join(parts[depth:] + [local])
-                            return wm, key
-            return None
-
-        for mid, sub in owners.items():
-            rel = prefixes[mid]
-            for kind, store in (("param", sub._parameters), ("buffer", sub._buffers)):
-                for local, t in store.items():
-                    if t is None:
-                        continue
-                    e = Entry(sub, local, kind == "param", tuple(t.shape), t.dtype)
-                    if t.device.type != "meta":
-                        if kind == "buffer":
-                            # buffers are small and Accelerate keeps them on the execution device already
-                            store[local] = t.to(unit.device)
-                            continue
-                        e.source = Source(tensor=t.detach(), from_module=True)
-                    else:
-                        found = weights_map_for(rel, local)
-                        if found is None:
-                            where = f"{unit.name}.{rel}.{local}" if rel else f"{unit.name}.{local}"
-                            raise RunFailed(f"no weights found for offloaded tensor {where}",
-                                            fix="load the model with the device map and offload folder it was planned with")  # fmt: skip
-                        e.source = source_from_weights_map(found[0], found[1], e, headers)
-                    e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
-                    if e.is_param:
-                        e.placeholder = torch.nn.Parameter(e.placeholder, requires_grad=False)
-                    unit.entries.append(e)
-        if not unit.entries:  # only buffers (rotary tables): Accelerate already keeps them on the device
-            return
-        for sub, hook in hooks:
-            strip_hook(sub)
-            unit.saved_hooks.append((sub, hook))
-
-    def _pack_4bit(self, unit: Unit) -> None:
-        """Swap each plain linear of the unit for an NF4Linear whose packed tensors become flat-buffer entries."""
-        import torch
-
-        from routerllm_cli.offload import quant
-
-        quant.require_bitsandbytes()
-        by_tensor = {(id(e.module), e.name): e for e in unit.entries}
-        skip = self._not_quantized()
-        linears = [
-            (rel, m)
-            for rel, m in unit.module.named_modules()
-            if type(m) is torch.nn.Linear and not _matches(f"{unit.name}.{rel}" if rel else unit.name, skip)
-        ]
-        for rel, lin in linears:
-            w_entry = by_tensor.pop((id(lin), "weight"))
-            weight = _read_entry(w_entry, self.reader, count_disk=unit.read_from_disk).to(unit.device)
-            packed, facts = quant.quantize_nf4(weight, compress_statistics=self.compress_statistics)
-            del weight
-            nf4 = quant.nf4_module_for(lin, facts, compute_dtype=w_entry.dtype)
-            if rel:
-                parent_name, _, child = rel.rpartition(".")
-                parent = unit.module.get_submodule(parent_name) if parent_name else unit.module
-            else:  # the unit is itself a linear (an offloaded lm_head): swap it in the model
-                parent_name, _, child = unit.name.rpartition(".")
-                parent = self.model.get_submodule(parent_name) if parent_name else self.model
-                unit.module = nf4
-            setattr(parent, child, nf4)
-            unit.swapped.append((parent, child, lin))
-            unit.entries.remove(w_entry)
-            bias_entry = by_tensor.pop((id(lin), "bias"), None)
-            if bias_entry is not None:
-                bias_entry.module = nf4
-            for name, t in packed.items():
-                e = Entry(nf4, name, False, tuple(t.shape), t.dtype, source=Source(tensor=t))
-                e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
-                unit.entries.append(e)
-
-    def _not_quantized(self) -> list[str]:
-        """What transformers keeps in 16-bit even on the GPU: the output embeddings and configured skips."""
-        skip = []
-        out_emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        skip += [name for name, m in self.model.named_modules() if out_emb is not None and m is out_emb]
-        qc = getattr(getattr(self.model, "config", None), "quantization_config", None)
-        extra = qc.get("llm_int8_skip_modules") if isinstance(qc, dict) else getattr(qc, "llm_int8_skip_modules", None)
-        skip += list(extra or [])
-        skip += list(getattr(self.model, "_keep_in_fp32_modules", None) or [])
-        return skip
-
-    @staticmethod
-    def _layout(unit: Unit) -> None:
-        offset = 0
-        for e in unit.entries:
-            e.offset = offset
-            e.nbytes = _numel(e.shape) * _itemsize(e.dtype)
-            offset += -(-e.nbytes // _ALIGN) * _ALIGN
-        unit.nbytes = offset
-
-    def _pin(self, tensor: Any) -> str | None:
-        """Page-lock an existing host tensor (no power-of-two rounding, unlike the caching host allocator)."""
-        import torch
-
-        if tensor.numel() == 0:
-            return None
-        err = int(torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0))
-        if err != 0:
-            _clear_cuda_error()
-            return f"cudaHostRegister failed with CUDA error {err}"
-        self._registered.append(tensor.data_ptr())
-        return None
-
-    def _place(self) -> None:
-        """Decide for every unit: resident pinned, resident pageable, or streamed from disk.
-
-        RAM-offloaded units are in RAM anyway, so they are pinned first. Disk units are cached in host RAM only
-        within what the budget leaves; when some must stream, the read-ahead ring is reserved first, since
-        every streamed byte crosses the bus from it.
-        """
-        import torch
-
-        can_pin = any(u.device.type == "cuda" for u in self.units) and torch.cuda.is_available()
-        if not can_pin:
-            self._note_pageable("execution device is the CPU: host buffers stay pageable")
-        budget = float("inf") if self.pin_budget_bytes is None else self.pin_budget_bytes
-        over_budget = f"pin budget of {format_bytes(self.pin_budget_bytes or 0)} reached"
-        # packed 4-bit disk units go back to disk as packed files (the offload folder) when there is one to write
-        # to; otherwise, as before, they are small enough to keep in host RAM
-        spill = self.keep_4bit and self.spill is not None
-        in_ram = [u for u in self.units if not u.disk or (self.keep_4bit and not spill)]
-        on_disk = [u for u in self.units if u not in in_ram]
-        for unit in in_ram:
-            fits = unit.nbytes <= budget
-            budget -= unit.nbytes if fits else 0
-            self._materialise(unit, pin=can_pin and fits)
-            if not fits:
-                self._note_pageable(over_budget)
-        if spill:
-            for unit in on_disk:
-                self.spill.write(unit, self.reader)
-        ring_bytes = _RING_DEPTH * max((u.nbytes for u in on_disk), default=0)
-        ring_fits = False
-        if sum(u.nbytes for u in on_disk) > budget:
-            ring_fits = ring_bytes <= budget
-            budget -= ring_bytes if ring_fits else 0
-        streamed = []
-        for unit in on_disk:
-            if unit.nbytes <= budget and not spill:  # spilled units stay on disk: RAM is why they went there
-                budget -= unit.nbytes
-                self._materialise(unit, pin=can_pin)
-            else:
-                streamed.append(unit)
-        if streamed:
-            self.ring = [torch.empty(ring_bytes // _RING_DEPTH, dtype=torch.uint8) for _ in range(_RING_DEPTH)]
-            if can_pin and ring_fits:
-                reasons = [self._pin(buf) for buf in self.ring]
-                self.ring_pinned = not any(reasons)
-                for reason in filter(None, reasons):
-                    self._note_pageable(reason)
-            elif can_pin:
-                self._note_pageable(over_budget)
-            self.streamer = DiskStreamer(streamed, self.ring, self.reader)
-
-    def _materialise(self, unit: Unit, *, pin: bool) -> None:
-        import torch
-
-        unit.host = torch.empty(unit.nbytes, dtype=torch.uint8)
-        self.reader.fill(unit.entries, unit.host, count_disk=unit.read_from_disk)
-        self._adopt(unit)
-        if pin:
-            reason = self._pin(unit.host)
-            unit.pinned = reason is None
-            if reason:
-                self._note_pageable(reason)
-
-    def _note_pageable(self, reason: str) -> None:
-        if reason not in self.pageable_reasons:
-            self.pageable_reasons.append(reason)
-
-    def _adopt(self, unit: Unit) -> None:
-        """Point Accelerate's RAM copies at our buffer (frees the duplicate) and drop references to the originals."""
-        for e in unit.entries:
-            src = e.source
-            if src.owner is not None:  # a raw copy (NF4-packed entries have no owner)
-                store, key = src.owner
-                store[key] = view_of(unit.host, e)
-            e.source = Source(tensor=None, from_module=src.from_module)
 
     # ------------------------------------------------------------------ attach / detach
     def attach(self) -> "OffloadEngine":
@@ -371,19 +113,22 @@ class OffloadEngine:
 
         if self.attached or getattr(self.model, "_routerllm_offload_engine", None) is not None:
             raise ConfigError("an offload engine is already attached to this model", fix="detach() it first")
-        self._plan_units()
+        self.units, self.device_map, self.skipped = plan_units(
+            self.model, self.device_map, execution_device=self.execution_device,
+            execution_devices=self.execution_devices, host_devices=self.host_devices)
         self.reader = Reader()
+        self.host = HostMemory(self.reader, pin_budget_bytes=self.pin_budget_bytes, spill=self.spill)
         headers: dict = {}
         try:
             for unit in self.units:
-                self._collect(unit, headers)
+                collect(unit, headers)
             self.units = [u for u in self.units if u.entries]
             for index, unit in enumerate(self.units):
                 unit.index = index
                 if self.keep_4bit:
-                    self._pack_4bit(unit)
-                self._layout(unit)
-            self._place()
+                    pack_unit(self.model, unit, self.reader, compress_statistics=self.compress_statistics)
+                layout(unit)
+            self.host.place(self.units, keep_4bit=self.keep_4bit)
             sizes: dict[Any, int] = {}
             for unit in self.units:
                 sizes[unit.device] = max(sizes.get(unit.device, 0), unit.nbytes)
@@ -446,25 +191,11 @@ class OffloadEngine:
         unit.host = None
 
     def _teardown(self) -> None:
-        import torch
-
-        if self.streamer is not None:
-            self.streamer.close()
-            self.streamer = None
-        if self.reader is not None:
+        if self.host is not None:
+            self.host.release()
+        elif self.reader is not None:
             self.reader.close()
-        if self._registered and torch.cuda.is_available():
-            # Giving modules back re-runs accelerate's init hooks, which may queue copies out of this memory:
-            # unpinning it under an in-flight DMA faults the GPU ("unspecified launch failure", seen on 2 GPUs).
-            for d in range(torch.cuda.device_count()):
-                torch.cuda.synchronize(d)
-        for ptr in self._registered:
-            torch.cuda.cudart().cudaHostUnregister(ptr)
-        self._registered.clear()
         self.staging = {}
-        self.ring = []
-        if self.spill is not None:
-            self.spill.remove()
 
     # ------------------------------------------------------------------ forward path
     def _bindings(self, unit: Unit, slot: int) -> list:
@@ -496,7 +227,7 @@ class OffloadEngine:
         ring_slot = None
         src = unit.host
         if src is None:
-            ring_slot, src = self.streamer.acquire(unit)
+            ring_slot, src = self.host.streamer.acquire(unit)
         dst = st.bufs[slot][: unit.nbytes]
         if st.cuda:
             with torch.cuda.stream(st.stream):
@@ -509,7 +240,7 @@ class OffloadEngine:
             dst.copy_(src[: unit.nbytes])
             done = None
         if ring_slot is not None:
-            self.streamer.release(ring_slot, done)
+            self.host.streamer.release(ring_slot, done)
         self.copied_bytes += unit.nbytes
 
     def _pre_forward(self, unit: Unit, args: tuple, kwargs: dict) -> tuple:
@@ -554,8 +285,10 @@ class OffloadEngine:
     # ------------------------------------------------------------------ stats
     def stats(self) -> OffloadStats:
         resident = [u for u in self.units if u.host is not None]
-        pinned = sum(u.nbytes for u in resident if u.pinned) + (sum(b.numel() for b in self.ring) if self.ring_pinned else 0)
-        host = sum(u.nbytes for u in resident) + sum(b.numel() for b in self.ring)
+        ring = sum(b.numel() for b in self.host.ring) if self.host is not None else 0
+        ring_pinned = self.host is not None and self.host.ring_pinned
+        pinned = sum(u.nbytes for u in resident if u.pinned) + (ring if ring_pinned else 0)
+        host = sum(u.nbytes for u in resident) + ring
         per_device: dict[Any, list[Unit]] = {}
         for u in self.units:
             per_device.setdefault(u.device, []).append(u)
@@ -567,7 +300,7 @@ class OffloadEngine:
             host_bytes=host,
             pinned_bytes=pinned,
             pageable_bytes=host - pinned,
-            pageable_reason="; ".join(self.pageable_reasons) or None,
+            pageable_reason="; ".join(self.host.pageable_reasons if self.host else []) or None,
             disk_layers=sum(u.disk for u in self.units),
             bytes_per_step=per_step,
             quantized_4bit=self.keep_4bit and bool(self.units),
@@ -591,73 +324,10 @@ def attach_offload_engine(model: Any, device_map: dict[str, Any], **kw: Any) -> 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _split_containers(device_map: dict[str, Any], runs: dict[str, Any],
-                      modules: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A map entry for a ModuleList/ModuleDict ("model.layers": "disk" when every layer went there) becomes one
-    entry per child: a container's own forward never runs, so hooks on it would never bind its weights."""
-    import torch
-
-    out_map, out_runs = {}, dict(runs)
-    pending = list(device_map.items())
-    while pending:
-        name, dev = pending.pop(0)
-        module = modules.get(name)
-        if dev in _OFFLOADED and isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
-            children = [(f"{name}.{child}", dev) for child, _ in module.named_children()]
-            for child, _ in children:
-                out_runs.setdefault(child, runs.get(name))
-            pending = children + pending
-            continue
-        out_map[name] = dev
-    return out_map, out_runs
-
-
-def _read_entry(e: Entry, reader: Reader, *, count_disk: bool) -> Any:
-    import torch
-
-    if e.source.tensor is not None:
-        return e.source.tensor
-    flat = torch.empty(-(-_numel(e.shape) * _itemsize(e.dtype) // _ALIGN) * _ALIGN, dtype=torch.uint8)
-    tmp = Entry(e.module, e.name, e.is_param, e.shape, e.dtype, 0, _numel(e.shape) * _itemsize(e.dtype), e.source)
-    reader.fill([tmp], flat, count_disk=count_disk)
-    return view_of(flat, tmp)
-
-
-def _clear_cuda_error() -> None:
-    """A failed cudaHostRegister leaves the runtime's last error set; the next kernel launch check would raise it."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).cudaGetLastError()
-    except (OSError, AttributeError):
-        pass
-
-
-def _has_params(module: Any) -> bool:
-    return next(module.parameters(), None) is not None
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(f".{p}." in f".{name}." for p in patterns if p)
-
-
 def _is_nf4(module: Any) -> bool:
     from routerllm_cli.offload.quant import NF4Linear
 
     return isinstance(module, NF4Linear)
-
-
-def _numel(shape: tuple) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _itemsize(dtype: Any) -> int:
-    import torch
-
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _to_device(obj: Any, device: Any) -> Any:

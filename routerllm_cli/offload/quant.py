@@ -129,3 +129,70 @@ def nf4_module_for(linear: nn.Linear, facts: dict, compute_dtype: torch.dtype) -
         blocksize2=facts["blocksize2"],
         bias=linear.bias,
     )
+
+
+def pack_unit(model: Any, unit: Any, reader: Any, *, compress_statistics: bool) -> None:
+    """Swap each plain linear of the unit for an NF4Linear whose packed tensors become flat-buffer entries.
+    Each weight is read (from the module, a file region or Accelerate's weights map) and quantized on the unit's
+    device one at a time, so at most one 16-bit weight exists at once."""
+    from routerllm_cli.offload.sources import Entry, Source
+    from routerllm_cli.offload.units import read_entry
+
+    require_bitsandbytes()
+    by_tensor = {(id(e.module), e.name): e for e in unit.entries}
+    skip = not_quantized(model)
+    linears = [
+        (rel, m)
+        for rel, m in unit.module.named_modules()
+        if type(m) is torch.nn.Linear and not matches(f"{unit.name}.{rel}" if rel else unit.name, skip)
+    ]
+    for rel, lin in linears:
+        w_entry = by_tensor.pop((id(lin), "weight"))
+        weight = read_entry(w_entry, reader, count_disk=unit.read_from_disk).to(unit.device)
+        packed, facts = quantize_nf4(weight, compress_statistics=compress_statistics)
+        del weight
+        nf4 = nf4_module_for(lin, facts, compute_dtype=w_entry.dtype)
+        if rel:
+            parent_name, _, child = rel.rpartition(".")
+            parent = unit.module.get_submodule(parent_name) if parent_name else unit.module
+        else:  # the unit is itself a linear (an offloaded lm_head): swap it in the model
+            parent_name, _, child = unit.name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            unit.module = nf4
+        setattr(parent, child, nf4)
+        unit.swapped.append((parent, child, lin))
+        unit.entries.remove(w_entry)
+        bias_entry = by_tensor.pop((id(lin), "bias"), None)
+        if bias_entry is not None:
+            bias_entry.module = nf4
+        for name, t in packed.items():
+            e = Entry(nf4, name, False, tuple(t.shape), t.dtype, source=Source(tensor=t))
+            e.placeholder = torch.empty(e.shape, dtype=e.dtype, device="meta")
+            unit.entries.append(e)
+
+def _not_quantized(self) -> list[str]:
+    """What transformers keeps in 16-bit even on the GPU: the output embeddings and configured skips."""
+    skip = []
+    out_emb = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+    skip += [name for name, m in self.model.named_modules() if out_emb is not None and m is out_emb]
+    qc = getattr(getattr(self.model, "config", None), "quantization_config", None)
+    extra = qc.get("llm_int8_skip_modules") if isinstance(qc, dict) else getattr(qc, "llm_int8_skip_modules", None)
+    skip += list(extra or [])
+    skip += list(getattr(self.model, "_keep_in_fp32_modules", None) or [])
+    return skip
+
+
+def not_quantized(model: Any) -> list[str]:
+    """What transformers keeps in 16-bit even on the GPU: the output embeddings and configured skips."""
+    skip = []
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip += [name for name, m in model.named_modules() if out_emb is not None and m is out_emb]
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    extra = qc.get("llm_int8_skip_modules") if isinstance(qc, dict) else getattr(qc, "llm_int8_skip_modules", None)
+    skip += list(extra or [])
+    skip += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    return skip
+
+
+def matches(name: str, patterns: list[str]) -> bool:
+    return any(f".{p}." in f".{name}." for p in patterns if p)
