@@ -183,7 +183,8 @@ class ModelSpec(_Strict):
         if (self.use_4bit or self.use_8bit) and ({"cpu", "disk"} & set(self.max_memory)):
             notes.append(
                 "with quantization and CPU/disk entries, stock transformers keeps offloaded layers in 16-bit "
-                "(about 4x their NF4 size on the bus); routerllm's offload engine keeps them 4-bit"
+                "(about 4x their NF4 size in RAM and on the bus); routerllm quantizes 4-bit ones while loading and "
+                "its offload engine keeps them packed"
                 if self.offload_engine == "routerllm"
                 else "with quantization and CPU/disk entries, offloaded layers stay unquantized in 16-bit: "
                 "about 4x (4-bit) or 2x (8-bit) more host memory and bus traffic than the GPU layers"

@@ -154,3 +154,16 @@ def test_a_setup_guide_config_with_offload_state_dict_still_plans_and_says_once_
     assert result.output.count("offload_state_dict is ignored") == 1 and "remove it" in result.output
     plain = run()  # a config that does not set it hears nothing about it
     assert plain.exit_code == 0 and "offload_state_dict" not in plain.output
+
+
+def test_405b_on_two_80gb_gpus_is_a_go_with_the_chosen_batch_beside_batch_1():
+    """The setup guide's headline: 405B in 4-bit on 2 x 80 GB + 200 GB of RAM, nothing on disk."""
+    args = ("--model", "llama3_405b", "--4bit", "--assume-gpus", "2x80GB", "--assume-cpu", "200GB")
+    plan = json.loads(run(*args, "--json").stdout)["plan"]
+    assert "disk" not in plan["devices"] and plan["batch_size"] > 1
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    table = result.output[result.output.index("batch and placement"):]
+    rows = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    assert rows[:2] == [f"{plan['batch_size']} (chosen)", "1"]
+    assert "verdict: GO" in result.output

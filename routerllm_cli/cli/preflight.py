@@ -218,6 +218,7 @@ def _render(c: Any, report: Any, load: dict | None) -> None:
               "", "")
     c.print(t)
 
+    _render_batches(c, plan)
     e = plan.estimates
     c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['seconds_per_token']:.3g} s per decode step "
             f"({e['tokens_per_second']:.3g} tokens/s at batch {plan.batch_size}; bandwidth floor "
@@ -256,3 +257,26 @@ def _render_load(c: Any, load: dict, names: dict[str, str]) -> None:
     c.print(f"generation: {g.get('tokens')} tokens in {g.get('seconds')} s ({g.get('tokens_per_second')} tokens/s, "
             f"first token after {g.get('time_to_first_token')} s)")
     c.print(f"[dim]{escape(str(g.get('text', ''))[:400])}[/]")
+
+
+def _render_batches(c: Any, plan: Any) -> None:
+    """The chosen batch beside batch 1 (and the next best), when the planner chose the batch."""
+    from rich.table import Table
+
+    from routerllm_cli.units import format_duration
+
+    alts = plan.alternatives
+    if plan.batch_mode != "auto" or len(alts) < 2:
+        return
+    rows = [alts[0]] + [a for a in alts[1:] if a["batch"] == 1]
+    rest = sorted((a for a in alts[1:] if a["batch"] != 1 and a["verdict"] == "go"), key=lambda a: a["total_seconds"])
+    rows += rest[:1]
+    t = Table(title="batch and placement, chosen for the bench's wall time", title_justify="left")
+    for col in ("batch", "GPU layers", "CPU layers", "disk layers", "step", "tokens/s", "bench + load"):
+        t.add_column(col, justify="right")
+    for a in rows:
+        mark = " (chosen)" if a.get("chosen") else ""
+        t.add_row(f"{a['batch']}{mark}", str(a["gpu_layers"]), str(a["cpu_layers"]), str(a["disk_layers"]),
+                  format_duration(a["seconds_per_token"]), f"{a['tokens_per_second']:.3g}",
+                  format_duration(a["total_seconds"]) + ("" if a["verdict"] == "go" else " (no-go)"))
+    c.print(t)
