@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_suite.sh batching    bench_batching.py on all 164 problems; the one-by-one baseline
 #                                            continues from /tmp/bbstate when a call ran out of time
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
+#   bash benchmarks/gpu_suite.sh multi_link  offload_decode.py --multi-link (needs 2+ GPUs: nvidia-h200-x2)
 #   bash benchmarks/gpu_suite.sh quantize_on_load [ARGS]   405B-shaped layers, 4-bit, most on the CPU (needs .whl)
 #   bash benchmarks/gpu_suite.sh resident    resident_decode.py: the 8B shape, eager vs the captured static step,
 #                                            then bench on 164 problems with --decode eager / compiled (SmolLM2
@@ -51,6 +52,9 @@ case "${1:-two_gpu}" in
     ;;
   load_speed)
     step load_speed 90 python3 benchmarks/load_speed.py --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12
+    ;;
+  multi_link)  # 2+ GPUs: each offloaded unit over every GPU's host link, against one link, stock and the floor
+    step offload_multi_link 500 python3 benchmarks/offload_decode.py --tag multi_link --multi-link --variants bf16,nf4 --batches 1,32 --steps 8 --stock-steps 2 --sustain-s 0.5
     ;;
   quantize_on_load)  # 405B-shaped layers in 4-bit, most on the CPU: quantize while loading vs pack after a 16-bit load
     df -h /tmp | tail -1

@@ -296,6 +296,8 @@ def run_variant(args, variant: str, bw: dict, gpu_devices: list[int]) -> dict:
                                       "last_third": statistics.median(rates[-third:])} if rates else {}  # fmt: skip
         log(f"engine    batch {b:3d}: {eng[b]['step_s'] * 1e3:8.1f} ms/step  steps={[round(t, 3) for t in eng[b]['steps']]}"
             f"  copy GB/s {res['decode_copy_GBps'][b]}")  # fmt: skip
+    if args.multi_link:
+        res["multi_link"] = multi_link_rows(args, model, dm, engine, eng, prompts, gpu_devices)
     res["sustained_after"] = sustained_h2d(engine, args.sustain_s)
     log(f"sustained copies after decoding: {res['sustained_after']}")
     st = engine.stats()
@@ -332,6 +334,41 @@ def run_variant(args, variant: str, bw: dict, gpu_devices: list[int]) -> dict:
     gc.collect()
     empty_cache()
     return res
+
+
+def multi_link_rows(args, model, dm, engine, single: dict, prompts: dict, gpu_devices: list[int]) -> dict:
+    """The same model with every other GPU relaying a share of each offloaded unit: step time against the
+    single-link engine's and the measured aggregate floor, logits and tokens against the single-link engine."""
+    from routerllm_cli.offload.links import measure_aggregate
+
+    relays = ([d for d in range(torch.cuda.device_count()) if d != gpu_devices[0]] if DEV == "cuda" else ["cpu"])
+    out: dict = {"relays": relays, "rows": []}
+    bytes_per_step = engine.stats().bytes_per_step
+    engine.detach()
+    if DEV == "cuda":
+        out["aggregate"] = measure_aggregate(gpu_devices[0], relays)
+        log(f"aggregate pinned H2D into GPU {gpu_devices[0]}: {out['aggregate']}")
+    multi = TracedEngine(model, dm, pin_budget_bytes=args.pin_budget, keep_4bit=engine.keep_4bit,
+                         compress_statistics=args.compress_statistics, relays=relays)
+    multi.trace = []
+    multi.attach()
+    out["links"] = multi.stats().links
+    out["link_notes"] = list(multi.stats().link_notes)
+    floor = bytes_per_step / out["aggregate"]["all_links_bytes_per_s"] if "aggregate" in out else None
+    for b in args.batches:
+        got = decode(model, prompts[b], args.steps)
+        row = {"batch": b, "multi_step_s": got["step_s"], "single_step_s": single[b]["step_s"],
+               "speedup_vs_single": single[b]["step_s"] / got["step_s"],
+               "fraction_of_aggregate_floor": floor / got["step_s"] if floor else None,
+               "tokens_equal_single": bool(torch.equal(got["tokens"], single[b]["tokens"])),
+               "logits_vs_single": compare(got["prefill_logits"], single[b]["prefill_logits"])}
+        out["rows"].append(row)
+        log(f"multi-link batch {b:3d}: {got['step_s'] * 1e3:8.1f} ms/step ({row['speedup_vs_single']:.2f}x single-link"
+            + (f", {row['fraction_of_aggregate_floor']:.2f} of the aggregate floor" if floor else "") + ")")
+    multi.detach()
+    engine.attach()  # the single-link engine again, for the rest of the run
+    out["pass"] = all(r["tokens_equal_single"] and r["logits_vs_single"]["rel"] < 1e-2 for r in out["rows"])
+    return out
 
 
 def summarise(results: list[dict], bw: dict) -> str:
@@ -382,6 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pin-budget", default=None, help='e.g. "20GB"; default: no limit')
     ap.add_argument("--no-compress-statistics", dest="compress_statistics", action="store_false")
     ap.add_argument("--multi-gpu", action="store_true", help="split the GPU layers over 2 GPUs")
+    ap.add_argument("--multi-link", action="store_true",
+                    help="also run the engine with every other GPU relaying shares of each offloaded unit")
     ap.add_argument("--smoke", action="store_true", help="a small model (hidden 1024, 8 layers) for a quick check")
     ap.add_argument("--offload-root", default=None, help="where disk-offloaded layers are written")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for the JSON results")
@@ -409,7 +448,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"offload_decode_{args.tag}.json").write_text(json.dumps({"bandwidth": bw, "results": results}, indent=1, default=str))
-    return 0 if all(r["pass"] for r in results) else 1
+    return 0 if all(r["pass"] and r.get("multi_link", {}).get("pass", True) for r in results) else 1
 
 
 if __name__ == "__main__":

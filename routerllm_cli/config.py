@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -91,6 +91,9 @@ class ModelSpec(_Strict):
     # streams disk-placed weights in place, so there is nothing for it to switch (see offload_notes).
     offload_state_dict: bool | None = None
     offload_engine: Literal["routerllm", "accelerate"] = "routerllm"
+    # host links that carry offloaded weights: 1 (the executing GPU's own), or "auto" (every GPU of the plan,
+    # relaying over NVLink/P2P). 1 until a multi-GPU machine has measured the relayed path
+    offload_links: Literal["auto"] | Annotated[int, Field(ge=1)] = 1
     pin_memory_budget: int | None = None  # bytes of pinned host memory the offload engine may use
     trust_remote_code: bool = False
     # Prices used by `compare`: per GPU-hour, or per million tokens for API-priced models.
@@ -134,6 +137,15 @@ class ModelSpec(_Strict):
             except ConfigError as exc:
                 raise ValueError(exc.one_line()) from None
         return out
+
+    @field_validator("offload_links", mode="before")
+    @classmethod
+    def _links(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        if isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+            return int(value)
+        raise ValueError(f"offload_links is {value!r}: use auto (every GPU's host link) or a number of links >= 1")
 
     @field_validator("pin_memory_budget", mode="before")
     @classmethod

@@ -37,6 +37,18 @@ class Bandwidths:
     gpu_flops: float = 4.0e14  # bf16 dense, ~40% of an H100's peak: prefill is compute-bound
     cpu_flops: float = 2.0e11
     per_layer_overhead_s: float = 1.8e-3  # kernel launches and Python per decoder layer per step
+    # Each relay GPU adds this fraction of one link's pinned rate (2x H200, NVLink: both links feeding one GPU
+    # 95.8 GB/s against 55.0 for one), unless the aggregate rate is measured or given (`--assume-link-gbps`)
+    relay_efficiency: float = 0.74
+    h2d_links_bytes_per_s: float | None = None
+
+    def h2d_rate(self, engine: str, links: int = 1) -> float:
+        """Host-to-GPU bytes/s of offloaded weights over `links` host links (routerllm's engine only)."""
+        if engine != "routerllm":
+            return self.h2d_stock_bytes_per_s
+        if links > 1 and self.h2d_links_bytes_per_s:
+            return self.h2d_links_bytes_per_s
+        return self.h2d_pinned_bytes_per_s * (1 + self.relay_efficiency * (max(links, 1) - 1))
 
     def gpu_rate(self, name: str, total_bytes: int) -> tuple[float, str]:
         """Bytes/s for one GPU, and where the number came from."""
@@ -73,7 +85,8 @@ class StepBytes:
     flops: float = 0.0  # multiply-adds x 2 of one step: 2 x params x batch
 
 
-def seconds_per_step(sb: StepBytes, bw: Bandwidths, *, engine: str, on_gpu: bool = True) -> tuple[float, float]:
+def seconds_per_step(sb: StepBytes, bw: Bandwidths, *, engine: str, on_gpu: bool = True,
+                     links: int = 1) -> tuple[float, float]:
     """(estimate, bandwidth floor) for one decode step (one new token for each sequence in the batch).
 
     Two paths take time: the transfer of offloaded weights (host->device copies, disk reads) and the compute
@@ -82,7 +95,7 @@ def seconds_per_step(sb: StepBytes, bw: Bandwidths, *, engine: str, on_gpu: bool
     one sets the step; accelerate's hooks copy synchronously, so they add up."""
     gpu = sum(b / rate for b, rate in sb.gpu.values())
     kv_rate = min((rate for _, rate in sb.gpu.values()), default=bw.cpu_bytes_per_s)
-    h2d = bw.h2d_pinned_bytes_per_s if engine == "routerllm" else bw.h2d_stock_bytes_per_s
+    h2d = bw.h2d_rate(engine, links)
     transfer = sb.cpu_bus / h2d + sb.disk / bw.disk_bytes_per_s
     memory = gpu + sb.kv_read / kv_rate + sb.cpu_compute / bw.cpu_bytes_per_s
     compute = memory + sb.flops / (bw.gpu_flops if on_gpu else bw.cpu_flops) + sb.layers * bw.per_layer_overhead_s
@@ -93,7 +106,7 @@ def seconds_per_step(sb: StepBytes, bw: Bandwidths, *, engine: str, on_gpu: bool
 
 def estimate(sb: StepBytes, bw: Bandwidths, *, engine: str, read_bytes: int, disk_write_bytes: int, params: float,
              batch_size: int, prompt_tokens: int, max_new_tokens: int, num_examples: int,
-             on_gpu: bool) -> dict[str, float]:
+             on_gpu: bool, links: int = 1) -> dict[str, float]:
     """load_seconds, seconds_per_token (one decode step), bench_seconds (generation for all examples, upper
     bound: every sample runs to max_new_tokens), total_seconds (load + bench).
 
@@ -101,7 +114,7 @@ def estimate(sb: StepBytes, bw: Bandwidths, *, engine: str, read_bytes: int, dis
     in the upper bound every row runs to `max_new_tokens`, so that is ceil(n / batch) rounds). A round's prefill
     costs at least one pass over the weights and at most its compute."""
     load = read_bytes / bw.disk_bytes_per_s + disk_write_bytes / bw.disk_bytes_per_s
-    step, floor = seconds_per_step(sb, bw, engine=engine, on_gpu=on_gpu)
+    step, floor = seconds_per_step(sb, bw, engine=engine, on_gpu=on_gpu, links=links)
     flops = bw.gpu_flops if on_gpu else bw.cpu_flops
     prefill = max(step, 2.0 * params * batch_size * prompt_tokens / flops)
     batches = math.ceil(num_examples / max(batch_size, 1))

@@ -235,3 +235,33 @@ def _reference_tensors(checkpoint) -> dict:
     for f in sorted(checkpoint.glob("*.safetensors")):
         out.update(load_file(f))
     return out
+
+
+def test_split_bytes_gives_relays_whole_pieces_and_the_direct_link_the_rest():
+    from routerllm_cli.offload.links import SHARE_ALIGN, split_bytes
+
+    n = 10 * SHARE_ALIGN + 12345
+    spans = split_bytes(n, [1.0, 1.0])
+    assert spans[0][0] == 0 and spans[-1][1] == n and spans[0][1] == spans[1][0]
+    assert (spans[1][1] - spans[1][0]) % SHARE_ALIGN == 0 and spans[1][1] - spans[1][0] == 5 * SHARE_ALIGN
+    three = split_bytes(n, [1.0, 0.74, 0.74])
+    assert [b - a for a, b in three][1:] == [2 * SHARE_ALIGN, 2 * SHARE_ALIGN]  # 2.98 pieces each, rounded down
+    assert split_bytes(1000, [1.0, 1.0]) == [(0, 1000), (1000, 1000)]  # small units: the direct link alone
+
+
+def test_units_copied_over_several_links_compute_the_same(checkpoint, reference, tmp_path):
+    """The multi-link copy path on the CPU (relay buffers on the host): each unit arrives in shares, through a
+    relay buffer for all but the first, and the model computes exactly as with one link."""
+    from routerllm_cli.offload import links
+
+    saved = links.SHARE_ALIGN
+    links.SHARE_ALIGN = 4096  # tiny layers: pieces small enough that every relay carries a share
+    try:
+        engine = _attach_and_match(checkpoint, reference, tmp_path, relays=["cpu", "cpu"], link_weights=[1, 1, 1])
+        st = engine.stats()
+        assert st.links == {"cpu": 3}
+        shares = engine.links[engine.units[1].device].shares(engine.units[1].nbytes)
+        assert all(b > a for a, b in shares)
+        engine.detach()
+    finally:
+        links.SHARE_ALIGN = saved

@@ -90,3 +90,24 @@ def test_gpu_declaration_that_fits_only_in_4bit_is_a_config_error():
         load_settings(None, {"models": {"large_llm": {"name": "llama3_405b",
                                                      "max_memory": {0: "80GB", 1: "80GB", "cpu": "200GB"}}}})
     assert caught.value.fix == "set use_4bit: true"
+
+
+def test_offload_over_every_gpus_host_link_is_planned_and_shown_beside_one_link():
+    one = production("3x80GB")
+    assert one.offload_links == 1 and one.estimates["other_links"]["links"] == 3
+    assert one.estimates["other_links"]["seconds_per_token"] < one.estimates["seconds_per_token"]
+    config = Path(__file__).resolve().parents[1] / "configs" / "production_config.yaml"
+    settings = load_settings(config, {"models": {"large_llm": {"name": "llama3_405b", "offload_links": "auto"}}})
+    every = plan_for_run(settings, "preflight", hardware=machine("3x80GB", "200GB"), model=meta("llama3_405b"))
+    assert every.offload_links == 3 and every.estimates["other_links"]["links"] == 1
+    # relay GPUs double-buffer their share of the largest unit
+    relays = [d for d, a in every.devices.items() if a.reserve_detail.get("offload_relay")]
+    assert relays and every.estimates["total_seconds"] < one.estimates["total_seconds"]
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", True])
+def test_offload_links_must_be_auto_or_a_count(value):
+    from routerllm_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="offload_links .* use auto"):
+        load_settings(None, {"models": {"large_llm": {"offload_links": value}}})

@@ -67,6 +67,9 @@ def preflight(
         show_default=False)] = None,
     offload_folder: Annotated[Optional[Path], typer.Option(
         "--offload-folder", help="Override offload_folder (enables disk offload).", show_default=False)] = None,
+    link_gbps: Annotated[Optional[float], typer.Option(
+        "--assume-link-gbps", min=0.01, help="Host-to-GPU rate of offloaded weights over all host links together, "
+        "GB/s (default: 54.8 per link, +74% per relaying GPU).", show_default=False)] = None,
     disk_gbps: Annotated[Optional[float], typer.Option(
         "--disk-gbps", min=0.01, help="Disk read rate for the load/offload estimates, GB/s (default 2, NVMe).",
         show_default=False)] = None,
@@ -117,7 +120,12 @@ def preflight(
     hardware = probe_hardware(spec.offload_folder or settings.offload_folder)
     if assume_gpus is not None or assume_cpu is not None:
         hardware = assume_hardware(assume_gpus, assume_cpu, base=hardware)
-    bandwidths = Bandwidths(disk_bytes_per_s=disk_gbps * 1e9) if disk_gbps else None
+    rates: dict[str, float] = {}
+    if disk_gbps:
+        rates["disk_bytes_per_s"] = disk_gbps * 1e9
+    if link_gbps:
+        rates["h2d_links_bytes_per_s"] = link_gbps * 1e9
+    bandwidths = Bandwidths(**rates) if rates else None
     out.info(f"planning {spec.name} ...")
     report = run_preflight(settings, hardware, batch_size=batch_size, seq_len=seq_len, num_examples=num_examples,
                            bandwidths=bandwidths)
@@ -219,6 +227,7 @@ def _render(c: Any, report: Any, load: dict | None) -> None:
     c.print(t)
 
     _render_batches(c, plan)
+    _render_links(c, plan)
     e = plan.estimates
     c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['seconds_per_token']:.3g} s per decode step "
             f"({e['tokens_per_second']:.3g} tokens/s at batch {plan.batch_size}; bandwidth floor "
@@ -273,10 +282,26 @@ def _render_batches(c: Any, plan: Any) -> None:
     rows += rest[:1]
     t = Table(title="batch and placement, chosen for the bench's wall time", title_justify="left")
     for col in ("batch", "GPU layers", "CPU layers", "disk layers", "step", "tokens/s", "bench + load"):
-        t.add_column(col, justify="right")
+        t.add_column(col, justify="right", no_wrap=col == "batch")
     for a in rows:
         mark = " (chosen)" if a.get("chosen") else ""
         t.add_row(f"{a['batch']}{mark}", str(a["gpu_layers"]), str(a["cpu_layers"]), str(a["disk_layers"]),
                   format_duration(a["seconds_per_token"]), f"{a['tokens_per_second']:.3g}",
                   format_duration(a["total_seconds"]) + ("" if a["verdict"] == "go" else " (no-go)"))
     c.print(t)
+
+
+def _render_links(c: Any, plan: Any) -> None:
+    """The step and bench time over the other host-link setting, for the same placement."""
+    from routerllm_cli.units import format_duration
+
+    e = plan.estimates
+    other = e.get("other_links")
+    if not other:
+        return
+    here = e.get("links", 1)
+    label = lambda n: "1 host link (the executing GPU's)" if n == 1 else f"{n} host links"  # noqa: E731
+    c.print(f"offload over {label(here)}: step {format_duration(e['seconds_per_token'])}, bench + load "
+            f"{format_duration(e['total_seconds'])}; over {label(other['links'])}: step "
+            f"{format_duration(other['seconds_per_token'])}, bench + load {format_duration(other['total_seconds'])}"
+            + (" (set offload_links: auto; measured on one GPU only so far)" if here == 1 else ""))

@@ -183,9 +183,11 @@ def _attach_engine(model: Any, plan: "DevicePlan", spec: "ModelSpec", notes: lis
                   if str(plan.device_map[k]) in offloaded or gpu_indices(plan.device_map)}
     keep_4bit = plan.quantization == "4bit"
     spill = offload_folder if (keep_4bit and "disk" in offloaded) else None
+    relays = gpu_indices(plan.device_map) if plan.offload_links > 1 else []
     engine = attach_offload_engine(model, device_map, execution_devices=plan.run_devices,
                                    host_devices={k: str(plan.device_map[k]) for k in device_map},
-                                   spill_folder=spill, pin_budget_bytes=spec.pin_memory_budget, keep_4bit=keep_4bit)
+                                   spill_folder=spill, pin_budget_bytes=spec.pin_memory_budget, keep_4bit=keep_4bit,
+                                   relays=relays[: plan.offload_links])
     stats = engine.stats()
     notes.append(f"offload: routerllm engine holds {stats.offloaded_layers} modules "
                  f"({format_bytes(stats.pinned_bytes)} pinned, {format_bytes(stats.pageable_bytes)} pageable, "
@@ -193,6 +195,9 @@ def _attach_engine(model: Any, plan: "DevicePlan", spec: "ModelSpec", notes: lis
                  + (f", {format_bytes(stats.spilled_bytes)} packed in {spill}" if stats.spilled_bytes else "") + ")")
     if stats.pageable_reason:
         notes.append(f"offload: pageable memory because {stats.pageable_reason}")
+    if stats.links:
+        notes.append("offload: host links per executing GPU " + ", ".join(f"{d}: {n}" for d, n in stats.links.items()))
+    notes += [f"offload: {n}" for n in stats.link_notes]
     for skipped in stats.skipped:
         notes.append(f"offload: left to accelerate: {skipped}")
     return engine

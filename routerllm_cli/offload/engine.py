@@ -54,6 +54,8 @@ class OffloadStats:
     skipped: tuple[str, ...] = ()  # offloaded map entries left to Accelerate, with why
     spilled_bytes: int = 0  # packed 4-bit disk units written to the offload folder and streamed from there
     held_bytes: dict = field(default_factory=dict)  # {"cpu" | "disk": bytes of the units held there, as held}
+    links: dict = field(default_factory=dict)  # {execution device: host links carrying its units} when relayed
+    link_notes: tuple[str, ...] = ()  # relays offered but not used, with why
 
     @property
     def disk_read_bytes_per_s(self) -> float:
@@ -83,6 +85,8 @@ class OffloadEngine:
         pin_budget_bytes: int | None = None,
         keep_4bit: bool = False,
         compress_statistics: bool = True,
+        relays: list[Any] | None = None,
+        link_weights: list[float] | None = None,
     ):
         self.model = model
         self.device_map = dict(device_map)
@@ -97,6 +101,11 @@ class OffloadEngine:
         self.pin_budget_bytes = pin_budget_bytes
         self.keep_4bit = keep_4bit
         self.compress_statistics = compress_statistics
+        # other GPUs whose host links carry shares of each unit to the GPU that runs it (offload/links.py)
+        self.relays = list(relays or [])
+        self.link_weights = link_weights
+        self.links: dict[Any, Any] = {}
+        self.link_notes: list[str] = []
         self.units: list[Unit] = []
         self.staging: dict[Any, Staging] = {}
         self.reader: Reader | None = None
@@ -133,6 +142,13 @@ class OffloadEngine:
             for unit in self.units:
                 sizes[unit.device] = max(sizes.get(unit.device, 0), unit.nbytes)
             self.staging = {dev: Staging(dev, n) for dev, n in sizes.items()}
+            if self.relays:
+                from routerllm_cli.offload.links import link_sets
+                from routerllm_cli.offload.units import as_device
+
+                offered = [as_device(r) for r in self.relays]
+                weights = {dev: self.link_weights for dev in sizes} if self.link_weights else None
+                self.links, self.link_notes = link_sets(sizes, {dev: offered for dev in sizes}, weights)
             for unit in self.units:
                 self._unbind(unit)
                 unit.handles.append(unit.module.register_forward_pre_hook(
@@ -196,6 +212,7 @@ class OffloadEngine:
         elif self.reader is not None:
             self.reader.close()
         self.staging = {}
+        self.links = {}
 
     # ------------------------------------------------------------------ forward path
     def _bindings(self, unit: Unit, slot: int) -> list:
@@ -229,16 +246,23 @@ class OffloadEngine:
         if src is None:
             ring_slot, src = self.host.streamer.acquire(unit)
         dst = st.bufs[slot][: unit.nbytes]
-        if st.cuda:
+        links = self.links.get(unit.device)
+        if links is not None and links.relays:
+            # every link carries a share; the copy stream waits for all of them
+            links.copy(src, dst, unit.nbytes, slot, st.stream, st.free[slot])
+            if st.cuda:
+                st.ready[slot].record(st.stream)
+        elif st.cuda:
             with torch.cuda.stream(st.stream):
                 st.stream.wait_event(st.free[slot])  # the unit that used this slot last must be done with it
                 dst.copy_(src[: unit.nbytes], non_blocking=True)
                 st.ready[slot].record(st.stream)
-            done = torch.cuda.Event()
-            done.record(st.stream)
         else:
             dst.copy_(src[: unit.nbytes])
-            done = None
+        done = None
+        if st.cuda:
+            done = torch.cuda.Event()
+            done.record(st.stream)
         if ring_slot is not None:
             self.host.streamer.release(ring_slot, done)
         self.copied_bytes += unit.nbytes
@@ -313,6 +337,8 @@ class OffloadEngine:
             execution_devices=tuple(sorted({str(u.device) for u in self.units})),
             skipped=tuple(self.skipped),
             spilled_bytes=self.spill.bytes if self.spill is not None else 0,
+            links={str(d): ls.links for d, ls in self.links.items()},
+            link_notes=tuple(self.link_notes),
             held_bytes={where: sum(u.nbytes for u in self.units if u.disk == (where == "disk"))
                         for where in ("cpu", "disk") if any(u.disk == (where == "disk") for u in self.units)},
         )

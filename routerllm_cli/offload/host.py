@@ -36,7 +36,9 @@ class HostMemory:
 
         if tensor.numel() == 0:
             return None
-        err = int(torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel(), 0))
+        # portable: pinned for every GPU's context, so relay GPUs copy from it at the link's rate too
+        flags = 1 if torch.cuda.device_count() > 1 else 0
+        err = int(torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), tensor.numel(), flags))
         if err != 0:
             _clear_cuda_error()
             return f"cudaHostRegister failed with CUDA error {err}"

@@ -94,6 +94,14 @@ class _Planner:
         other.batch = max(batch, 1)
         return other
 
+    def links(self, device_map: dict[str, Device]) -> int:
+        """Host links that carry offloaded weights: 1, or (offload_links auto / N) the GPUs the map uses."""
+        want = self.spec.offload_links
+        if self.spec.offload_engine != "routerllm" or want == 1:
+            return 1
+        used = len({d for d in device_map.values() if isinstance(d, int)})
+        return max(1, used if want == "auto" else min(int(want), used))
+
     def packs_offload(self, quantization: str) -> bool:
         """Offloaded 4-bit layers are quantized while loading and held packed (routerllm's offload engine)."""
         return quantization == "4bit" and self.spec.offload_engine == "routerllm"
@@ -182,6 +190,16 @@ class _Planner:
                 staged[runs[k]].append(k)
         for d, keys in staged.items():
             out.setdefault(d, {})["offload_staging"] = buffers * self.largest(keys, bus)
+        links = self.links(device_map)
+        if links > 1 and staged:
+            # each relay GPU double-buffers its share of the largest unit it carries
+            eff = 0.74
+            share = eff / (1 + eff * (links - 1))
+            relays = sorted({d for d in device_map.values() if isinstance(d, int)})
+            largest = max(self.largest(keys, bus) for keys in staged.values())
+            for r in relays:
+                if r not in staged or len(staged) > 1:
+                    out.setdefault(r, {})["offload_relay"] = int(2 * share * largest)
         on_disk = [k for k, d in device_map.items() if d == "disk"]
         if on_disk:
             # disk layers pass through host RAM on their way to the compute device (read-ahead: two at a time)
@@ -317,7 +335,7 @@ def plan_model(spec: ModelSpec, hardware: HardwareReport, *, batch_size: int | N
         batch_mode="pinned" if batch_size else "auto", prompt_tokens=max(planner.seq - max_new_tokens, 1),
         max_new_tokens=max_new_tokens, num_examples=num_examples,
         host_format="nf4" if planner.packs_offload(quant) else "16-bit",
-        alternatives=throughput.alternatives(chosen, considered))
+        alternatives=throughput.alternatives(chosen, considered), offload_links=planner.links(chosen.device_map))
 
 
 def _user_budgets(spec: ModelSpec, hardware: HardwareReport, caps: dict[Device, int],

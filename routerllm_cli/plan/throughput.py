@@ -93,7 +93,7 @@ def evaluate(planner: Any, user: dict[Device, int], caps: dict[Device, int], dis
         device_map, budgets, reserves = planner.place(quant, engine, user, caps)
     devices = planner.allocation(device_map, quant, budgets, reserves, caps)
     reasons, fixes = verdict.reasons_for(planner, spec, planner.hw, device_map, devices, budgets, disk_budget)
-    est, note = estimates_for(planner, devices, bw, work)
+    est, note = estimates_for(planner, devices, bw, work, device_map)
     return Evaluation(planner, device_map, budgets, devices, reasons, fixes, est, note)
 
 
@@ -120,8 +120,8 @@ def choose(planner: Any, user: dict[Device, int], caps: dict[Device, int], disk_
     return best, considered
 
 
-def estimates_for(planner: Any, devices: dict[str, DeviceAllocation], bw: Bandwidths,
-                  work: Work) -> tuple[dict[str, float], str]:
+def estimates_for(planner: Any, devices: dict[str, DeviceAllocation], bw: Bandwidths, work: Work,
+                  device_map: dict[str, Device]) -> tuple[dict[str, Any], str]:
     """Time estimates of a placement, and the note that says what they assume."""
     spec = planner.spec
     quant, engine = spec.quantization, spec.offload_engine
@@ -140,15 +140,26 @@ def estimates_for(planner: Any, devices: dict[str, DeviceAllocation], bw: Bandwi
                    cpu_compute=0 if has_gpu else (cpu.weight_bytes if cpu else 0), kv_read=kv_read,
                    layers=len(planner.shape.layers), flops=2.0 * sizes.params * planner.batch)
     packed_disk = disk.weight_bytes if (disk and planner.packs_offload(quant)) else 0
-    est = estimate(sb, bw, engine=engine, read_bytes=work.checkpoint_bytes, disk_write_bytes=packed_disk or sb.disk,
-                   params=sizes.params, batch_size=planner.batch, prompt_tokens=prompt, max_new_tokens=new,
-                   num_examples=work.num_examples, on_gpu=has_gpu)
+    links = planner.links(device_map)
+    kw = dict(engine=engine, read_bytes=work.checkpoint_bytes, disk_write_bytes=packed_disk or sb.disk,
+              params=sizes.params, batch_size=planner.batch, prompt_tokens=prompt, max_new_tokens=new,
+              num_examples=work.num_examples, on_gpu=has_gpu)
+    est = estimate(sb, bw, links=links, **kw)
+    est["links"] = links
+    gpus_used = len({d for d in device_map.values() if isinstance(d, int)})
+    if cpu_bus and engine == "routerllm" and gpus_used > 1:
+        # the same placement over the other link setting: every GPU's host link, or only the executing one's
+        other = gpus_used if links == 1 else 1
+        alt = estimate(sb, bw, links=other, **kw)
+        est["other_links"] = {"links": other, "seconds_per_token": alt["seconds_per_token"],
+                              "bench_seconds": alt["bench_seconds"], "total_seconds": alt["total_seconds"]}
     rates = sorted({f"{format_bytes(r)}/s ({why})" for r, why in gpu_rates.values()})
-    h2d = bw.h2d_pinned_bytes_per_s if engine == "routerllm" else bw.h2d_stock_bytes_per_s
+    h2d = bw.h2d_rate(engine, links)
     note = (f"estimates: load reads {format_bytes(work.checkpoint_bytes)} at {format_bytes(bw.disk_bytes_per_s)}/s"
             + (f"; GPU memory {', '.join(rates)}" if rates else "; no GPU: the CPU streams weights at "
                f"{format_bytes(bw.cpu_bytes_per_s)}/s")
-            + (f"; CPU->GPU {format_bytes(h2d)}/s ({engine} offload)" if cpu_bus else "")
+            + (f"; CPU->GPU {format_bytes(h2d)}/s ({engine} offload, {links} host link{'s' if links > 1 else ''})"
+               if cpu_bus else "")
             + f"; {bw.per_layer_overhead_s * 1e3:.1f} ms overhead per layer per step; bench = {work.num_examples} "
             f"examples x {new} new tokens (upper bound), batch {planner.batch}, prompts of up to {prompt} tokens")
     return est, note

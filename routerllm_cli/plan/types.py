@@ -84,6 +84,7 @@ class DevicePlan:
     # "nf4": offloaded 4-bit layers are quantized while loading and held packed on CPU/disk; "16-bit": as loaded
     host_format: str = "16-bit"
     alternatives: list[dict] = field(default_factory=list)  # batches the planner weighed: batch, placement, times
+    offload_links: int = 1  # host links carrying offloaded weights (GPUs relaying over P2P, offload/links.py)
 
     @property
     def dtype_bytes(self) -> int:
@@ -120,4 +121,5 @@ class DevicePlan:
             "run_devices": self.run_devices, "kv_per_token_by_device": self.kv_per_token_by_device,
             "batch_mode": self.batch_mode, "prompt_tokens": self.prompt_tokens, "max_new_tokens": self.max_new_tokens,
             "num_examples": self.num_examples, "host_format": self.host_format, "alternatives": self.alternatives,
+            "offload_links": self.offload_links,
         }
