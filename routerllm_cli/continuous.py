@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
-from routerllm_cli.generation import (GenerationOutput, _add_special_tokens, _earliest_stop, _eos_ids, _StopCriteria,
-                                      prepare_tokenizer)
+from routerllm_cli.generation import (GenerationOutput, _add_special_tokens, _eos_ids, _StopCriteria, ended_answer,
+                                      prepare_tokenizer, stamped)
 
 
 def supports(model: Any) -> bool:
@@ -191,11 +191,7 @@ def generate_kept(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, 
             if result is None:
                 keep.append(i)
                 continue
-            result.seconds = time.perf_counter() - row.started
-            result.share_seconds = row.share
-            result.prompt_tokens = len(row.prompt_ids)
-            result.batch_size = len(rows)
-            yield row.key, result
+            yield row.key, stamped(result, row, len(rows))
         if len(keep) < len(rows):
             rows = [rows[i] for i in keep]
             batch.keep(keep)
@@ -204,18 +200,10 @@ def generate_kept(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, 
 def _ended(row: _Row, checker: _StopCriteria, tokenizer: Any, stops: list[str],
            stop_when: Callable[[str], int | None] | None, eos_ids: set[int],
            max_new_tokens: int) -> GenerationOutput | None:
-    """The row's answer if it ended with its last token: EOS, a stop sequence, `stop_when`, or the length cap."""
+    """The row's answer if it ended with its last token (the stop check decodes only the tail)."""
     import torch
 
     eos = row.gen[-1] in eos_ids
-    reason = None if eos else checker._hit(torch.tensor(row.gen))
-    if not (eos or reason or len(row.gen) >= max_new_tokens):
+    if not (eos or len(row.gen) >= max_new_tokens or checker._hit(torch.tensor(row.gen))):
         return None
-    text = tokenizer.decode(row.gen, skip_special_tokens=True)
-    hit = _earliest_stop(text, stops)
-    if hit is not None:
-        return GenerationOutput(text[:hit[0]], len(row.gen), 0.0, "stop_sequence", hit[1])
-    end = stop_when(text) if stop_when is not None else None
-    if end is not None:
-        return GenerationOutput(text[:end], len(row.gen), 0.0, "stop_when")
-    return GenerationOutput(text, len(row.gen), 0.0, "eos" if eos else "max_new_tokens")
+    return ended_answer(row.gen, tokenizer, stops, stop_when, eos=eos, max_new_tokens=max_new_tokens)

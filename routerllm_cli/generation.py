@@ -238,6 +238,33 @@ class _ContinuedStop(_StopCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def ended_answer(gen: list[int], tokenizer: Any, stops: Sequence[str], stop_when: Callable[[str], int | None] | None,
+                 *, eos: bool, max_new_tokens: int) -> GenerationOutput | None:
+    """A row's answer if its tokens so far end it - a stop sequence (cut there), `stop_when`, EOS, or the length
+    cap - else None. Its timing fields are left for `stamped`."""
+    text = tokenizer.decode(gen, skip_special_tokens=True)
+    hit = _earliest_stop(text, stops)
+    if hit is not None:
+        return GenerationOutput(text[:hit[0]], len(gen), 0.0, "stop_sequence", hit[1])
+    end = stop_when(text) if stop_when is not None else None
+    if end is not None:
+        return GenerationOutput(text[:end], len(gen), 0.0, "stop_when")
+    if eos:
+        return GenerationOutput(text, len(gen), 0.0, "eos")
+    if len(gen) >= max_new_tokens:
+        return GenerationOutput(text, len(gen), 0.0, "max_new_tokens")
+    return None
+
+
+def stamped(result: GenerationOutput, row: Any, batch_size: int) -> GenerationOutput:
+    """`result` with the row's latency, its share of the generation time, its prompt length and the batch size."""
+    result.seconds = time.perf_counter() - row.started
+    result.share_seconds = row.share
+    result.prompt_tokens = len(row.prompt_ids)
+    result.batch_size = batch_size
+    return result
+
+
 @dataclass
 class _Row:
     key: Hashable
@@ -325,23 +352,10 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
             row.gen += toks if eos_at is None else toks[: eos_at + 1]
             if i in finished_at:  # a stop hit mid-chunk: the rest of the chunk is padding
                 row.gen = row.gen[:finished_at[i][0]]
-            text = tokenizer.decode(row.gen, skip_special_tokens=True)
-            hit = _earliest_stop(text, stops)
-            end = stop_when(text) if (hit is None and stop_when is not None) else None
-            if hit is not None:
-                result = GenerationOutput(text[:hit[0]], len(row.gen), 0.0, "stop_sequence", hit[1])
-            elif end is not None:
-                result = GenerationOutput(text[:end], len(row.gen), 0.0, "stop_when")
-            elif eos_at is not None:
-                result = GenerationOutput(text, len(row.gen), 0.0, "eos")
-            elif len(row.gen) >= max_new_tokens:
-                result = GenerationOutput(text, len(row.gen), 0.0, "max_new_tokens")
-            else:
+            result = ended_answer(row.gen, tokenizer, stops, stop_when, eos=eos_at is not None,
+                                  max_new_tokens=max_new_tokens)
+            if result is None:
                 still.append(row)
                 continue
-            result.seconds = time.perf_counter() - row.started
-            result.share_seconds = row.share
-            result.prompt_tokens = len(row.prompt_ids)
-            result.batch_size = len(active)
-            yield row.key, result
+            yield row.key, stamped(result, row, len(active))
         active = still
