@@ -116,7 +116,7 @@ def probe_output(loaded, prompt_ids) -> tuple[list, list]:
 
 def bench_run(loaded, settings) -> dict:
     """HumanEval prompts through continuous batching at the plan's batch, every row to max_new_tokens."""
-    from routerllm_cli import generation, humaneval
+    from routerllm_cli import continuous, generation, humaneval
 
     b = settings.bench
     problems = humaneval.select(humaneval.load_problems()[0], n=b.num_examples)
@@ -125,8 +125,9 @@ def bench_run(loaded, settings) -> dict:
     loaded.tokenizer.eos_token = None  # random weights: nothing may end a row early
     batch = generation.batch_for(loaded.plan)
     start = time.perf_counter()
-    outs = dict(generation.generate_continuous(loaded.model, loaded.tokenizer, prompts, batch_size=batch,
-                                               max_new_tokens=b.max_new_tokens, device=loaded.input_device))
+    # what bench runs for an offloaded model: continuous batching that keeps the KV cache
+    outs = dict(continuous.generate_kept(loaded.model, loaded.tokenizer, prompts, batch_size=batch,
+                                         max_new_tokens=b.max_new_tokens, device=loaded.input_device))
     seconds = time.perf_counter() - start
     tokens = sum(o.new_tokens for o in outs.values())
     return {"problems": len(outs), "batch": batch, "seconds": seconds, "new_tokens": tokens,
