@@ -3,7 +3,8 @@
 `run_bench` is usable from Python and is what `compare` composes. It reports progress through a callback
 (`on_event(kind, data)`) so the CLI can draw a screen without this module knowing about rich.
 Interruption: a `StopSignal` set by SIGINT/SIGTERM makes the loop finish the batch in flight, save, mark the run
-`interrupted` and raise `BenchInterrupted` (the CLI exits 130); a second signal stops at once.
+`interrupted` and raise `BenchInterrupted` (the CLI exits 130); a second signal stops at once. A run that fails
+(a no-go, a load error, a crash) is marked `failed` with its reason. Every run folder holds a `run.log`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from routerllm_cli.config import ModelSpec, Settings
 from routerllm_cli.errors import RouterLLMError
+from routerllm_cli.logs import log
 
 EventSink = Callable[[str, dict[str, Any]], None]
 SUMMARY_EVERY = 10
+PROGRESS_EVERY = 1.0  # seconds between "progress" events inside a batch
 
 
 class BenchInterrupted(RouterLLMError):
@@ -49,6 +53,7 @@ class StopSignal:
             self.restore()
             raise KeyboardInterrupt
         sys.stderr.write("\nstopping after the batch in flight (press Ctrl-C again to stop now)\n")
+        log.warning("signal %s: stopping after the batch in flight", signum)
 
     def install(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
@@ -142,13 +147,14 @@ def _on_gpu(device: Any) -> bool:
 
 
 def _generate_groups(generation: Any, loaded: Any, items: list, batch_size: int, stopping: dict, b: Any,
-                     stop: StopSignal, continuous: bool, decoder: Any = None):
+                     stop: StopSignal, continuous: bool, decoder: Any = None,
+                     on_step: Callable[[int], None] | None = None):
     """Yield (finished [(item, output)], seconds since the previous group). Static batches decode until their
     longest answer ends; continuous batching refills finished rows (on a GPU the re-read prompt costs less
     than the decode steps it saves; on a CPU it does not). Either way a stop request takes no new prompt and
     lets the rows in flight finish."""
     kw = dict(max_new_tokens=b.max_new_tokens, temperature=b.temperature, top_p=b.top_p,
-              device=loaded.input_device, **stopping)
+              device=loaded.input_device, on_step=on_step, **stopping)
     if continuous:
         last = time.perf_counter()
         # With offloaded layers every forward pass streams the weights: keep the batch's cache across refills
@@ -192,11 +198,24 @@ def run_bench(
     loaded: Any = None,
 ) -> BenchRun:
     """Run (or resume) HumanEval for one model. Returns the run folder and its summary."""
+    from routerllm_cli.logs import EventLog
+
+    with ExitStack() as logs:  # run.log, open from the moment the run folder exists (a crash is logged there)
+        return _run_bench(settings, spec=spec, run_dir=run_dir, resume=resume, task_ids=task_ids, stop=stop,
+                          on_event=EventLog(on_event), command_line=command_line, loaded=loaded, logs=logs)
+
+
+def _run_bench(settings: Settings, *, spec: ModelSpec | None, run_dir: Path | None, resume: bool,
+               task_ids: list[str] | None, stop: StopSignal | None, on_event: EventSink, command_line: list[str] | None,
+               loaded: Any, logs: ExitStack) -> BenchRun:
     from routerllm_cli import humaneval, runs
     from routerllm_cli.catalog import resolve_model_spec
     from routerllm_cli.energy import EnergyMeter, EnergyReading, sum_readings
+    from routerllm_cli.logs import RUN_LOG, log_to
+    from routerllm_cli.pace import Pace
+    from routerllm_cli.resume import check_problem_set, run_task_ids
 
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event
     stop = stop or StopSignal()
     spec = spec or settings.large
     b = settings.bench
@@ -209,9 +228,15 @@ def run_bench(
     fingerprint = result_fingerprint(spec, settings, ref.name)
 
     checked = None
+    selected = [p["task_id"] for p in problems]
     if resume or (run_dir is not None and runs.is_run_folder(run_dir)):
         target = Path(run_dir) if run_dir else runs.latest_run(b.results_dir, ref.name)
+        # A caller naming task_ids (compare) asks for what it needs; settings name the run's whole problem set.
+        ran = run_task_ids(runs.RunFolder(target).info(), problems_all) if target is not None else None
+        ids = check_problem_set(target, ran, selected) if task_ids is None else list(dict.fromkeys((ran or []) + selected))
         folder = runs.RunFolder.open_for_resume(target, fingerprint)
+        if ids != ran:
+            folder.set_status("running", task_ids=ids)
     else:
         if spec.endpoint is not None:  # a wrong URL or model name leaves no run folder behind
             from routerllm_cli.endpoints.source import EndpointSource
@@ -220,6 +245,8 @@ def run_bench(
         target = Path(run_dir) if run_dir else runs.new_run_dir(b.results_dir, ref.name)
         folder = runs.RunFolder.create(target, fingerprint=fingerprint, config=settings.model_dump(mode="json"),
                                        command_line=command_line or sys.argv)
+        folder.set_status("running", task_ids=selected)
+    log_path = logs.enter_context(log_to(folder.path / RUN_LOG))
     # What earlier sessions of this run spent: a resumed run reports the whole run's energy, time and cost.
     prior = folder.read_summary() or {}
     prior_gen, prior_load = float(prior.get("generation_seconds") or 0.0), float(prior.get("load_seconds") or 0.0)
@@ -227,7 +254,8 @@ def run_bench(
     done = folder.finished_keys()  # {(task_id, sample_idx)}
     todo = [(p, k) for p in problems for k in range(b.samples) if (p["task_id"], k) not in done]
     emit("start", {"run_dir": str(folder.path), "total": len(problems) * b.samples, "done": len(done & {
-        (p["task_id"], k) for p in problems for k in range(b.samples)}), "source": source, "model": ref.name})
+        (p["task_id"], k) for p in problems for k in range(b.samples)}), "source": source, "model": ref.name,
+        "log": str(log_path)})
 
     sandbox = None
     executor: ThreadPoolExecutor | None = None
@@ -262,7 +290,17 @@ def run_bench(
     first_batch_at: float | None = None
     t_start = time.perf_counter()
     interrupted = failed = False
+    error: str | None = None
     owns_model = loaded is None
+    gen_start, shown = time.perf_counter(), [0.0]
+
+    def on_step(tokens: int) -> None:  # inside a batch: measured speed and ETA, at most every PROGRESS_EVERY s
+        now = time.perf_counter()
+        pace.step(tokens, now - gen_start)
+        if now - shown[0] >= PROGRESS_EVERY:
+            shown[0] = now
+            emit("progress", {**pace.to_dict(), "memory": _memory_now(loaded)})
+
     try:
         if todo and spec.endpoint is not None:  # served elsewhere: no plan, no load, no local energy to meter
             from routerllm_cli.endpoints.source import EndpointSource
@@ -299,12 +337,15 @@ def run_bench(
             decoder, decode_info = decoder_for(loaded.plan, loaded.model, b.decode, continuous=continuous,
                                                sampling=b.temperature > 0, slots=min(batch_size, len(items)),
                                                on_event=emit)
-            groups = _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous, decoder)
+            groups = _generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous, decoder,
+                                      on_step)
         if todo:
-            emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items)})
+            emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items), "continuous": continuous})
             if spec.endpoint is None:
                 meter.start()
                 metering = True
+            pace = Pace(len(items), batch_size, b.max_new_tokens, continuous)
+            gen_start = time.perf_counter()
             finished = 0
             for group, dt in groups:
                 gen_seconds += dt
@@ -323,12 +364,13 @@ def run_bench(
                     if executor is not None and sandbox is not None:
                         pending.append((problem["task_id"], k, executor.submit(sandbox.check, problem, completion)))
                 finished += len(group)
+                pace.answered(len(group), sum(o.new_tokens for _, o in group), time.perf_counter() - gen_start)
                 drain(block=False)
                 n_done = len(folder.finished_keys())
                 emit("batch", {"done": n_done, "batch": len(group), "seconds": dt,
                                "tokens": sum(o.new_tokens for _, o in group),
                                "memory": _memory_now(loaded) if loaded is not None else {},
-                               "passed": folder.passed_count()})
+                               "passed": folder.passed_count(), "pace": pace.to_dict()})
                 if n_done // SUMMARY_EVERY != (n_done - len(group)) // SUMMARY_EVERY:
                     folder.write_summary(_summary(folder, problems, settings, spec, ref.name, load_seconds + prior_load,
                                                   gen_seconds + prior_gen, first_batch_at, earlier, "running", loaded,
@@ -340,8 +382,9 @@ def run_bench(
         for _, _, fut in pending:
             fut.cancel()
         pending.clear()
-    except Exception:
-        failed = True  # the answers so far are saved; the run says it failed instead of finished
+    except Exception as exc:
+        failed = True  # the answers so far are saved; the run says it failed, and why, instead of finished
+        error = exc.one_line() if isinstance(exc, RouterLLMError) else f"{type(exc).__name__}: {exc}"
         raise
     finally:
         reading = meter.stop() if metering else None
@@ -356,8 +399,10 @@ def run_bench(
         status = "failed" if failed else "interrupted" if interrupted or stop.requested and pending else "finished"
         summary = _summary(folder, problems, settings, spec, ref.name, load_seconds, gen_seconds, first_batch_at,
                            reading, status, loaded, _decode_report(decode_info, decoder))
+        if error is not None:
+            summary["error"] = error
         folder.write_summary(summary)
-        folder.set_status(status)
+        folder.set_status(status, error=error)
         if owns_model and loaded is not None:
             loaded.close()
     emit("done", {"summary": summary})

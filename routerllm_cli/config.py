@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
+                               YamlConfigSettingsSource)
 
 from routerllm_cli.energy import DEFAULT_CPU_WATTS, DEFAULT_USD_PER_GPU_HOUR, WORLD_CO2_G_PER_KWH
 from routerllm_cli.errors import ConfigError
@@ -276,7 +277,10 @@ class Settings(BaseSettings):
     bench: BenchSpec = Field(default_factory=BenchSpec)
     energy: EnergySpec = Field(default_factory=EnergySpec)
     offload_folder: Path = Path("offload")  # the folder `offload clean` manages when no model names one
+    logs_dir: Path = Path("logs")  # where `load` and `preflight` write their log files (a bench run logs in its folder)
     hf_token: str | None = Field(default=None, repr=False, exclude=True)
+    # Values below the YAML (a resumed run's recorded settings); set on a subclass by load_settings(base=...).
+    _base_values: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -286,6 +290,9 @@ class Settings(BaseSettings):
         yaml_file = settings_cls.model_config.get("yaml_file")
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        base = getattr(settings_cls, "_base_values", None)
+        if base:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=base))
         return tuple(sources)
 
     @property
@@ -296,11 +303,40 @@ class Settings(BaseSettings):
         return Path(self.large.offload_folder or self.offload_folder)
 
 
+def _close_key(loc: tuple) -> str | None:
+    """The known key nearest to the unknown last part of `loc` (a typo's likely meaning), walking the models."""
+    import difflib
+    import typing
+
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        model = None
+        if field is not None:  # the BaseModel inside e.g. ModelSpec, list[ModelSpec] or ModelSpec | None
+            stack = [field.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    model = t
+                    break
+                stack.extend(typing.get_args(t))
+    if model is None:
+        return None
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join([*(str(p) for p in loc[:-1]), close[0]]) if close else None
+
+
 def _friendly(exc: ValidationError, source: str) -> ConfigError:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("int", "literal['cpu','disk']"))
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
+        close = _close_key(tuple(err.get("loc", ())))
+        if close:
+            return ConfigError(f"{source}: unknown key {where!r} (did you mean {close!r}?)",
+                               fix=f"rename it to {close.rsplit('.', 1)[-1]}")
         return ConfigError(f"{source}: unknown key {where!r}", fix="remove it or fix its spelling (see configs/production_config.yaml)")
     if " - fix: " in msg:
         return ConfigError(f"{source}: {where}: {msg}")
@@ -308,15 +344,18 @@ def _friendly(exc: ValidationError, source: str) -> ConfigError:
                        fix=None if ":" in msg else "see configs/production_config.yaml for the expected shape")
 
 
-def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Build the settings from defaults, YAML, env and the flags in `overrides` (nested dicts of set flags only)."""
+def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | None = None, *,
+                  base: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from defaults, YAML, env and the flags in `overrides` (nested dicts of set flags only).
+    `base` (nested dicts, e.g. a run's recorded settings) sits between the defaults and the YAML."""
     path = config or os.environ.get("ROUTERLLM_CONFIG")
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file {path} not found", fix="pass an existing YAML file to --config, e.g. configs/laptop_cpu.yaml")
         _check_yaml(path)
-    cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}}) if path else Settings
+    cls = (type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path},
+                                          "_base_values": base}) if path or base else Settings)
     source = str(path) if path else "configuration"
     env = {k: os.environ.pop(k) for k in ("ROUTERLLM_CONFIG", "ROUTERLLM_DEBUG") if k in os.environ}
     try:

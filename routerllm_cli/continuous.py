@@ -119,10 +119,12 @@ def generate_kept(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, 
                   max_new_tokens: int, stop_sequences: Sequence[str] = (),
                   stop_when: Callable[[str], int | None] | None = None, temperature: float = 0.0, top_p: float = 0.95,
                   seed: int | None = None, device: Any = None, refill_fraction: float = 0.25,
-                  should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
+                  should_stop: Callable[[], bool] | None = None,
+                  on_step: Callable[[int], None] | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
     """Continuous batching with the KV cache kept (see the module docstring). Yields (key, output) as answers end;
     `seconds` is the answer's own time in flight, `share_seconds` its share of the time spent generating. When
-    `should_stop()` turns true no new prompt is taken; rows in flight finish."""
+    `should_stop()` turns true no new prompt is taken; rows in flight finish. `on_step(n)` is told the tokens
+    each forward pass produced (live progress)."""
     import torch
     from transformers import DynamicCache
 
@@ -174,6 +176,8 @@ def generate_kept(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, 
             for row, token in zip(new, firsts):
                 row.gen.append(int(token))
                 row.share += spent / len(new)
+            if on_step is not None:
+                on_step(len(new))
         else:
             start = time.perf_counter()
             batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
@@ -185,6 +189,8 @@ def generate_kept(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hashable, 
             for row, token in zip(rows, tokens):
                 row.gen.append(int(token))
                 row.share += spent / len(rows)
+            if on_step is not None:
+                on_step(len(rows))
         keep: list[int] = []
         for i, row in enumerate(rows):
             result = _ended(row, checker, tokenizer, stops, stop_when, eos_ids, max_new_tokens)

@@ -24,7 +24,7 @@ _TAIL_SLACK_TOKENS = 8
 class GenerationOutput:
     text: str  # new text only, cut at the stop sequence (the stop itself is not included)
     new_tokens: int  # tokens generated for this sequence, up to and including its stop or EOS
-    seconds: float  # this answer's latency: the wall time of its batch, or of its rows' time in flight
+    seconds: float  # this answer's latency: from its batch's start (or its row's entry) to the step that ended it
     stopped_by: str  # "stop_sequence" | "stop_when" | "eos" | "max_new_tokens"
     stop_sequence: str | None = None
     prompt_tokens: int = 0  # without padding
@@ -54,6 +54,24 @@ class _StopCriteria:
         self.eos_ids = sorted(eos_ids)
         self.tail = max([len(s) for s in self.stops] + [len(self.trigger or "")]) + _TAIL_SLACK_TOKENS
         self.finished_at: dict[int, tuple[int, str]] = {}  # row -> (new tokens when it stopped, why)
+        self.ended_at: dict[int, float] = {}  # row -> perf_counter() at the step that ended it (stop or EOS)
+        self.on_step: Callable[[int], None] | None = None  # told the tokens each step produced
+        self._live: int | None = None  # rows still generating after the previous step
+
+    def _stepped(self, ended: list[bool]) -> None:
+        """Note when rows end, and tell `on_step` how many tokens this step produced (one per row that was
+        still generating before it)."""
+        now = time.perf_counter()
+        live = 0
+        for row, end in enumerate(ended):
+            if end or row in self.finished_at:
+                self.ended_at.setdefault(row, now)
+            else:
+                live += 1
+        produced = len(ended) if self._live is None else self._live
+        self._live = live
+        if self.on_step is not None:
+            self.on_step(produced)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
@@ -69,6 +87,7 @@ class _StopCriteria:
             if row not in self.finished_at and not ended[row] and (reason := self._hit(new[row])) is not None:
                 self.finished_at[row] = (count, reason)
             done.append(row in self.finished_at)
+        self._stepped(ended)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _hit(self, ids: Any) -> str | None:
@@ -121,11 +140,13 @@ def _add_special_tokens(tokenizer: Any, prompts: Sequence[str]) -> bool:
 def generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int,
                    stop_sequences: Sequence[str] = (), temperature: float = 0.0, top_p: float = 0.95,
                    seed: int | None = None, device: Any = None,
-                   stop_when: Callable[[str], int | None] | None = None) -> list[GenerationOutput]:
+                   stop_when: Callable[[str], int | None] | None = None,
+                   on_step: Callable[[int], None] | None = None) -> list[GenerationOutput]:
     """Generate for all `prompts` as one left-padded batch. Greedy when temperature == 0, else nucleus sampling
     (top_p, no top-k). `stop_when(text)` may return the index where a sequence's text ends (e.g. after a closed
     code fence); it sees the whole new text, so it is called only when the last tokens hold its `tail_trigger`
-    attribute, if it has one. `device` is where input ids go (the model's first device by default)."""
+    attribute, if it has one. `device` is where input ids go (the model's first device by default). `on_step(n)`
+    is called after every decode step with the tokens it produced (for live progress; keep it cheap)."""
     import torch
     from transformers import StoppingCriteriaList
 
@@ -139,6 +160,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, max_new_to
     prompt_len = input_ids.shape[1]
     eos_ids = _eos_ids(model, tokenizer)
     criteria = _StopCriteria(tokenizer, prompt_len, stop_sequences, stop_when, eos_ids)
+    criteria.on_step = on_step
     sampling = _sampling(temperature, top_p, seed)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -146,11 +168,14 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], *, max_new_to
                              stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=sorted(eos_ids) or None, **sampling)
     new_rows = out[:, prompt_len:].cpu().tolist()  # the copy to host waits for the device
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
     prompt_tokens = attention_mask.sum(dim=1).tolist()
-    return [_finish(row, tokens, criteria, eos_ids, tokenizer, stop_sequences, stop_when, seconds,
+    outs = [_finish(row, tokens, criteria, eos_ids, tokenizer, stop_sequences, stop_when, end - start,
                     int(prompt_tokens[row]), len(prompts))
             for row, tokens in enumerate(new_rows)]
+    for row, result in enumerate(outs):  # an answer's latency ends at the step that ended it, not the batch's
+        result.seconds = criteria.ended_at.get(row, end) - start
+    return outs
 
 
 def _finish(row: int, tokens: list[int], criteria: _StopCriteria, eos_ids: set[int], tokenizer: Any,
@@ -235,6 +260,7 @@ class _ContinuedStop(_StopCriteria):
                 if (reason := self._hit(full)) is not None:
                     self.finished_at[row] = (len(full), reason)
             done.append(ended[row] or row in self.finished_at)
+        self._stepped(ended)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -287,6 +313,8 @@ class ChunkContext:
     stop_when: Callable[[str], int | None] | None
     sampling: dict[str, Any]  # `generate` keyword arguments from `_sampling`
     max_new_tokens: int
+    # told the tokens each decode step produced; a decoder that cannot tell per step leaves it to the chunk's end
+    on_step: Callable[[int], None] | None = None
 
 
 # A chunk decoder: (rows in flight, steps, context) -> (new tokens per row, {row: (tokens when it stopped, why)}).
@@ -304,6 +332,7 @@ def generate_chunk(rows: list[_Row], steps: int, ctx: ChunkContext) -> tuple[lis
     input_ids = torch.tensor([[ctx.pad] * (width - len(s)) + s for s in seqs], device=ctx.device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=ctx.device)
     criteria = _ContinuedStop(ctx.tokenizer, width, ctx.stops, ctx.stop_when, ctx.eos_ids, prior=[r.gen for r in rows])
+    criteria.on_step = ctx.on_step
     with torch.inference_mode():
         out = ctx.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=steps,
                                  stopping_criteria=StoppingCriteriaList([criteria]), pad_token_id=ctx.pad,
@@ -316,20 +345,30 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
                         stop_when: Callable[[str], int | None] | None = None, temperature: float = 0.0,
                         top_p: float = 0.95, seed: int | None = None, device: Any = None, chunk_tokens: int = 32,
                         should_stop: Callable[[], bool] | None = None,
-                        decoder: ChunkDecoder | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
+                        decoder: ChunkDecoder | None = None,
+                        on_step: Callable[[int], None] | None = None) -> Iterator[tuple[Hashable, GenerationOutput]]:
     """Continuous batching over `model.generate`: every `chunk_tokens` steps the rows whose answers ended leave and
     the next prompts take their places, so the batch stays full instead of decoding until its longest answer ends.
     Each chunk re-reads prompt + answer so far (one prefill a chunk, cheap on a GPU next to the decode steps it
     saves), so greedy answers equal one-by-one generation. Yields (key, output) as answers finish; `seconds` is
     the row's own wall time. When `should_stop()` turns true no new prompt is taken; rows in flight finish.
-    `decoder` decodes each chunk (default `generate_chunk`; routerllm_cli.decode keeps rows' caches on the GPU)."""
+    `decoder` decodes each chunk (default `generate_chunk`; routerllm_cli.decode keeps rows' caches on the GPU).
+    `on_step(n)` is told the tokens each decode step produced (after each chunk where a decoder cannot tell)."""
     prepare_tokenizer(tokenizer)
     device = device if device is not None else getattr(model, "device", "cpu")
     eos_ids = _eos_ids(model, tokenizer)
     stops = [s for s in stop_sequences if s]
     pad = tokenizer.pad_token_id
     sampling = _sampling(temperature, top_p, seed)
-    ctx = ChunkContext(model, tokenizer, device, pad, eos_ids, stops, stop_when, sampling, max_new_tokens)
+    reported = [0]
+
+    def step(n: int) -> None:
+        reported[0] += n
+        if on_step is not None:
+            on_step(n)
+
+    ctx = ChunkContext(model, tokenizer, device, pad, eos_ids, stops, stop_when, sampling, max_new_tokens,
+                       on_step=step if on_step is not None else None)
     queue = list(prompts)
     active: list[_Row] = []
     while queue or active:
@@ -342,6 +381,7 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
         remaining = [max_new_tokens - len(r.gen) for r in active]
         steps = min(chunk_tokens, max(remaining))
         chunk_start = time.perf_counter()
+        reported[0], before = 0, sum(len(r.gen) for r in active)
         chunks, finished_at = (decoder or generate_chunk)(active, steps, ctx)
         for row in active:
             row.share += (time.perf_counter() - chunk_start) / len(active)
@@ -358,4 +398,8 @@ def generate_continuous(model: Any, tokenizer: Any, prompts: Sequence[tuple[Hash
                 still.append(row)
                 continue
             yield row.key, stamped(result, row, len(active))
+        if on_step is not None:  # what the decoder did not report step by step
+            produced = sum(len(r.gen) for r in active) - before
+            if produced > reported[0]:
+                on_step(produced - reported[0])
         active = still

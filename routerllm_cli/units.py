@@ -2,8 +2,9 @@
 sizes and of durations.
 
 Semantics match accelerate's `convert_file_size_to_int`: "GB"/"MB"/"KB" are powers of 10, "GiB"/"MiB"/"KiB"
-are powers of 2, and a lower-case "b" ("8Gb") means bits, so a `max_memory` written for accelerate means the
-same here. Plain numeric strings and T/TiB are accepted on top. Kept free of torch so config
+are powers of 2, and a lower-case "b" after an upper-case prefix ("8Gb") means bits, so a `max_memory` written for
+accelerate means the same here. An all-lower-case "70gb" is refused: accelerate would read it as gigabits (an
+eighth of what was almost surely meant). Plain numeric strings and T/TiB are accepted on top. Kept free of torch so config
 validation and `--help` stay instant.
 """
 
@@ -46,6 +47,13 @@ def parse_size(value: int | float | str, *, what: str = "memory size") -> int:
         )
     number, unit = match.groups()
     size = int(float(number) * _UNITS[unit.upper()])
+    if len(unit) == 2 and unit.islower() and unit.endswith("b"):
+        prefix = {"k": "kilo", "m": "mega", "g": "giga", "t": "tera"}.get(unit[0], "")
+        raise ConfigError(
+            f"{what}: {value!r} would be {number} {prefix}bits ({format_bytes(size // 8)}), as accelerate reads a "
+            "lower-case b",
+            fix=f'write "{number}{unit.upper()}" for bytes (or "{number}{unit[0].upper()}b" if you mean bits)',
+        )
     if len(unit) == 2 and unit.upper() != "IB" and unit.endswith("b"):
         return size // 8  # "Gb"/"Mb"/"kb" are bits, as accelerate reads them
     return size

@@ -28,13 +28,38 @@ def large(**kw):
 
 @pytest.mark.parametrize("text,expected", [
     ("70GB", 70 * 10**9), ("70GiB", 70 * 2**30), ("512MB", 512 * 10**6), ("1.5GB", 1_500_000_000),
-    (4096, 4096), ("64kb", 8_000), ("8Gb", 10**9), ("512KiB", 512 * 1024),
+    (4096, 4096), ("64Kb", 8_000), ("8Gb", 10**9), ("512KiB", 512 * 1024),
 ])
 def test_memory_strings_follow_accelerate(text, expected):
     from accelerate.utils import convert_file_size_to_int
 
     assert parse_size(text) == expected
     assert convert_file_size_to_int(text) == expected
+
+
+@pytest.mark.parametrize("text", ["70gb", "512mb", "2tb", "64kb"])
+def test_an_all_lower_case_b_is_refused_not_read_as_bits(text):
+    """accelerate reads "70gb" as gigabits (8.75 GB); that is almost never what was meant."""
+    with pytest.raises(ConfigError) as info:
+        parse_size(text, what="max_memory[cpu]")
+    line = info.value.one_line()
+    number = text[:-2]
+    assert "bits" in line and f'"{number}{text[-2:].upper()}" for bytes' in line, line
+
+
+def test_a_lower_case_b_in_yaml_and_on_the_command_line_is_one_line_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from routerllm_cli.cli.app import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models:\n  large_llm:\n    max_memory: {cpu: 70gb}\n")
+    runner = CliRunner()
+    for args in (["preflight", "--config", str(cfg)], ["preflight", "--max-memory", "cpu=70gb"]):
+        result = runner.invoke(app, args)
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "gigabits" in lines[0] and '"70GB" for bytes' in lines[0] and "Traceback" not in result.output
 
 
 def test_extensions_beyond_accelerate():

@@ -131,9 +131,13 @@ def resolve_model(ref: str, *, gguf_file: str | None = None) -> ModelRef:
         raise ConfigError(f"model path {ref} does not exist", fix="check the path, or pass a catalog name or hub id")
     if ref.count("/") == 1:
         return ModelRef("hub", ref, ref.split("/")[1])
+    import difflib
+
+    close = difflib.get_close_matches(key, catalog_names(), n=1, cutoff=0.6)
     raise ConfigError(
-        f"unknown model {ref!r}",
-        fix=f"use a catalog name ({', '.join(catalog_names())}), a hub id like org/name, or a local path",
+        f"unknown model {ref!r}" + (f" (did you mean {close[0]}?)" if close else ""),
+        fix=(f"use {close[0]} (or a hub id like org/name, or a local path)" if close else
+             f"use a catalog name ({', '.join(catalog_names())}), a hub id like org/name, or a local path"),
     )
 
 

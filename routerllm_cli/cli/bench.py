@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -27,20 +26,42 @@ EPILOG = """Examples:
 """
 
 
-class BenchScreen:
-    """The live screen: done/total, ETA, tokens/s, passed so far and memory per device."""
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(max(0.0, seconds) + 0.5)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, out: Output):
+
+def _memory(memory: dict[str, int]) -> str:
+    names = {"cpu_rss": "cpu"}
+    return " ".join(f"{names.get(k, k.replace('cuda:', 'gpu'))} {v / 1e9:.1f}GB" for k, v in memory.items())
+
+
+class BenchScreen:
+    """The live screen: done/total, elapsed, an ETA from the measured speed (the preflight estimate until a step
+    was timed), tokens/s, memory per device and passed so far, updated during a batch as well as after it.
+    `clock` is the time source of the elapsed column (a test passes a fake one)."""
+
+    def __init__(self, out: Output, *, notes: list[str] | None = None, clock: Callable[[], float] | None = None):
         self.out = out
+        self.notes = list(notes or [])
+        self.clock = clock
         self.progress: Any = None
+        self.loading: Any = None
         self.task: Any = None
         self.eta_hint: float | None = None
         self.total = 0
-        self.tokens = 0
-        self.gen_seconds = 0.0
+        self._done0 = 0
         self.passed = 0
         self.executed = 0
         self.endpoint = False
+        self.tps: float | None = None
+        self.memory: dict[str, int] = {}
+
+    @property
+    def logs_its_lines(self) -> bool:  # what it prints goes to the log through Output (see logs.EventLog)
+        return not self.out.json_mode
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if self.out.json_mode:
@@ -51,8 +72,13 @@ class BenchScreen:
 
     def on_start(self, d: dict) -> None:
         self.total = d["total"]
-        self.out.info(f"run folder: {d['run_dir']}  (problems from {d['source']}; {d['done']}/{d['total']} already done)")
         self._done0 = d["done"]
+        self.out.info(f"run folder: {d['run_dir']}  ({d['done']}/{d['total']} already done; problems from "
+                      f"{d['source']})")
+        if d.get("log"):
+            self.out.info(f"log: {d['log']}")
+        for note in self.notes:
+            self.out.info(note)
 
     def on_plan(self, d: dict) -> None:
         self.eta_hint = d.get("eta_seconds")
@@ -65,10 +91,23 @@ class BenchScreen:
         self.out.info(f"endpoint: {d['url']} serves {d['model']} ({d['concurrency']} requests in flight)")
 
     def on_loading(self, d: dict) -> None:
+        from routerllm_cli.cli.load import LoadProgress
+
         self.out.info(f"loading {d['model']} ...")
+        self.loading = LoadProgress(self.out).__enter__()
+
+    def on_load_progress(self, d: dict) -> None:
+        if self.loading is not None:
+            self.loading.update(d)
 
     def on_loaded(self, d: dict) -> None:
+        self._stop_loading()
         self.out.info(f"loaded in {d['load_seconds']:.1f} s (attention: {d['attn']})")
+
+    def _stop_loading(self) -> None:
+        if self.loading is not None:
+            self.loading.__exit__(None, None, None)
+            self.loading = None
 
     def on_decode(self, d: dict) -> None:
         self.out.info(f"decode: {d['path']} ({d['reason']})")
@@ -81,30 +120,71 @@ class BenchScreen:
         self.out.info(f"decode: falling back to eager: {d['reason']}")
 
     def on_generating(self, d: dict) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
-        self.out.info(f"generating: {'concurrency' if self.endpoint else 'batch size'} {d['batch_size']}, "
-                      f"prompt style {d['style']}")
-        self.progress = Progress(TextColumn("[bold]HumanEval"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[stats]}"), console=self.out.err, transient=False)
-        hint = ""
-        if self.eta_hint:
-            hint = f"~{format_duration(self.eta_hint)} (preflight estimate)"
-        self.task = self.progress.add_task("bench", total=self.total, completed=self._done0, stats=hint)
+        if self.endpoint:
+            self.out.info(f"generating: concurrency {d['batch_size']}, prompt style {d['style']}")
+        else:
+            how = "continuous batching" if d.get("continuous") else "static batches"
+            self.out.info(f"generating: batch size {d['batch_size']} ({how}), prompt style {d['style']}")
+        extra = {"get_time": self.clock} if self.clock is not None else {}
+
+        class TwoLines(Progress):  # the bar, then the measured speed and memory on a line of their own
+            def get_renderables(inner):  # noqa: N805 - rich's documented hook
+                yield inner.make_tasks_table(inner.tasks)
+                stats = inner.tasks[0].fields.get("stats") if inner.tasks else ""
+                if stats:
+                    yield Text(f"  {stats}", overflow="fold")
+
+        self.progress = TwoLines(TextColumn("[bold]HumanEval"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                                 console=self.out.err, transient=False, **extra)
+        eta = (f"ETA ~{format_duration(self.eta_hint)} (preflight estimate)" if self.eta_hint else "ETA -:--:--")
+        self.task = self.progress.add_task("bench", total=self.total, completed=self._done0, eta=eta, stats="")
         self.progress.start()
 
+    def _show(self, pace: dict, **fields: Any) -> None:
+        if pace.get("tokens_per_s"):
+            self.tps = pace["tokens_per_s"]
+        parts = [f"{self.tps:.1f} tok/s" if self.tps else "", _memory(self.memory), f"passed {self.passed}"]
+        eta = pace.get("eta_seconds")
+        eta_text = f"ETA {_clock(eta)}" if eta is not None else None
+        if self.progress is not None:
+            self.progress.update(self.task, stats="  ".join(p for p in parts if p),
+                                 **({"eta": eta_text} if eta_text else {}), **fields)
+
+    def on_progress(self, d: dict) -> None:
+        self.memory = d.get("memory") or self.memory
+        self._show(d)
+
     def on_batch(self, d: dict) -> None:
-        self.tokens += d["tokens"]
-        self.gen_seconds += d["seconds"]
-        mem = "  ".join(f"{k} {v / 1e9:.1f}GB" for k, v in d.get("memory", {}).items())
-        stats = f"{self.tokens / max(self.gen_seconds, 1e-9):.1f} tok/s  passed {d['passed']}  {mem}"
-        if self.progress:
-            self.progress.update(self.task, completed=d["done"], stats=stats)
+        self.memory = d.get("memory") or self.memory
+        self.passed = d.get("passed", self.passed)
+        self._show(d.get("pace") or {}, completed=d["done"])
+
+    def render(self, width: int = 80) -> str:
+        """The progress line as it is drawn now, at `width` columns."""
+        from io import StringIO
+
+        from rich.console import Console
+
+        if self.progress is None:
+            return ""
+        buf = StringIO()
+        console = Console(file=buf, width=width, color_system=None)
+        for part in self.progress.get_renderables():
+            console.print(part)
+        return buf.getvalue()
+
+    def stop(self) -> None:
+        self._stop_loading()
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
     def on_done(self, d: dict) -> None:
-        if self.progress:
-            self.progress.stop()
+        self.stop()
 
 
 def decode_text(d: dict[str, Any]) -> str:
@@ -131,7 +211,7 @@ def render_summary(summary: dict[str, Any]):
         t.add_row("generation success", f"{summary['generation_success_rate']:.3f}")
         t.add_row("examples", f"{summary['done']}/{summary['total']}")
         lat = summary["latency_s"]
-        t.add_row("latency / example", f"mean {lat['mean']:.2f} s  p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}")
+        t.add_row("latency / answer", f"mean {lat['mean']:.2f} s  p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}")
         th = summary["throughput"]
         t.add_row("throughput", f"{th['problems_per_min']:.1f} problems/min  {th['tokens_per_s']:.1f} tok/s")
         if summary.get("time_to_first_batch_s") is not None:
@@ -180,7 +260,8 @@ def bench(
                                                      show_default=False)] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda", show_default=False)] = None,
     results_dir: ResultsDirOpt = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder to create or resume.",
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run folder to create, or to resume: the "
+                                                    "folder alone is enough (its run.json keeps the settings).",
                                                     show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this model.")] = False,
     use_4bit: Use4bitOpt = None,
@@ -198,7 +279,7 @@ def bench(
 def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, decode, temperature,
            samples, max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
            concurrency, json_out) -> None:
-    from routerllm_cli.bench import BenchInterrupted, StopSignal, run_bench
+    from routerllm_cli.bench import StopSignal, run_bench
     from routerllm_cli.config import load_settings
     from routerllm_cli.errors import ConfigError
 
@@ -220,21 +301,41 @@ def _bench(model, config, num_examples, tasks, skip_execution, batch_size, promp
     overrides = model_overrides(model, use_4bit, use_8bit, max_memory)
     if bench_over:
         overrides["bench"] = bench_over
-    settings = load_settings(config, overrides)
+    out = Output(json_out)
+    run_dir, notes = Path(run_dir) if run_dir is not None else None, []
+    if resume and run_dir is None:
+        run_dir = _latest_run(load_settings(config, overrides))
+    if run_dir is not None and (run_dir / "run.json").is_file():
+        from routerllm_cli.resume import settings_for_resume
+
+        settings, notes = settings_for_resume(run_dir, config, overrides)
+        resume = True
+    else:
+        settings = load_settings(config, overrides)
     if concurrency is not None:
         if settings.large.endpoint is None:
             raise ConfigError("--concurrency applies to endpoint models",
                               fix="pass --model openai:http://HOST:8000/v1#MODEL, or use --batch-size for a local one")
         settings.large.endpoint.concurrency = concurrency
-    out = Output(json_out)
     stop = StopSignal().install()
-    screen = BenchScreen(out)
+    screen = BenchScreen(out, notes=notes)
     try:
         result = run_bench(settings, run_dir=run_dir, resume=resume, stop=stop, on_event=screen,
                            command_line=["routerllm", *sys.argv[1:]])
-    except BenchInterrupted:
-        screen.on_done({})
-        raise
     finally:
+        screen.stop()
         stop.restore()
     out.result(result.summary, render_summary(result.summary))
+
+
+def _latest_run(settings: Any) -> Path:
+    from routerllm_cli.catalog import resolve_model_spec
+    from routerllm_cli.errors import ConfigError
+    from routerllm_cli.runs import latest_run
+
+    name = resolve_model_spec(settings.large).name
+    found = latest_run(settings.bench.results_dir, name)
+    if found is None:
+        raise ConfigError(f"there is no earlier run of {name} in {settings.bench.results_dir} to resume",
+                          fix="start a new run (leave out --resume), or pass --run-dir with the run's folder")
+    return found

@@ -22,7 +22,9 @@ def _print_error(line: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(file=sys.stderr, soft_wrap=True, highlight=False).print(f"[red]error:[/] {escape(line)}")
+    from routerllm_cli.cli.output import print_line
+
+    print_line(Console(file=sys.stderr, soft_wrap=True, highlight=False), f"[red]error:[/] {escape(line)}")
 
 
 def _known_exception(exc: BaseException) -> tuple[str, int] | None:

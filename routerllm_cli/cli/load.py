@@ -46,6 +46,7 @@ def load(
     from routerllm_cli.config import load_settings
     from routerllm_cli.errors import ConfigError
     from routerllm_cli.loading import DEFAULT_PROMPT, load_and_test
+    from routerllm_cli.logs import log_to, new_log_path
 
     if offload_engine is not None and offload_engine not in ("routerllm", "accelerate"):
         raise ConfigError(f"--offload-engine {offload_engine!r} is not an engine", fix="use routerllm or accelerate")
@@ -55,61 +56,85 @@ def load(
     spec = settings.large
     if spec.offload_folder is None:  # disk spill goes to the folder `offload clean` manages
         spec = spec.model_copy(update={"offload_folder": settings.managed_offload_folder()})
-    with _LoadProgress(out) as bar:
-        data = load_and_test(settings, spec, prompt=prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens,
-                             progress=bar.update, on_plan=bar.on_plan)
-    out.result(data, lambda console: _render(console, data))
+    log_path = new_log_path(settings.logs_dir, "load")
+    out.info(f"log: {log_path}")
+    with log_to(log_path):
+        with LoadProgress(out) as bar:
+            data = load_and_test(settings, spec, prompt=prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens,
+                                 progress=bar.update, on_plan=bar.on_plan)
+        out.result(data, lambda console: _render(console, data))
 
 
-class _LoadProgress:
-    """A rich progress line on stderr: bytes of the checkpoint placed, shards, elapsed."""
+class LoadProgress:
+    """A progress line on stderr while a model loads: what it is doing, a bar that moves with what can be
+    counted (bytes of weights placed, GGUF tensors de-quantized), and while nothing can be counted (a GGUF
+    tokenizer being converted, a file being parsed) a pulsing bar with the elapsed time, never a frozen 0 bytes."""
 
-    def __init__(self, out: Output):
+    def __init__(self, out: Output, *, transient: bool = True):
         self.enabled = not out.json_mode
         self.console = out.err
+        self.transient = transient
         self.progress: Any = None
         self.task: Any = None
+        self.checkpoint_bytes: int | None = None
+        self.stage = ""
 
-    def __enter__(self) -> "_LoadProgress":
+    def __enter__(self) -> "LoadProgress":
         if self.enabled:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn, TransferSpeedColumn)
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                     DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-                                     console=self.console, transient=True)
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20),
+                                     TextColumn("{task.fields[amount]}"), TimeElapsedColumn(),
+                                     console=self.console, transient=self.transient)
             self.progress.start()
-            self.task = self.progress.add_task("planning", total=None)
+            self.task = self.progress.add_task("planning", total=None, amount="")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
     def on_plan(self, plan: Any) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, description=f"planned {plan.model.name}: {plan.verdict}")
+        self._set(f"planned {plan.model.name}: {plan.verdict}")
 
-    def update(self, event: dict) -> None:
+    def _set(self, description: str, done: float | None = None, total: float | None = None, amount: str = "") -> None:
+        if description != self.stage:  # each stage once in the log, with its time
+            from routerllm_cli.logs import log
+
+            self.stage = description
+            log.info("load: %s", description)
         if self.progress is None:
             return
+        if total:
+            self.progress.update(self.task, description=description, completed=done or 0, total=total, amount=amount)
+        else:  # nothing to count: an indeterminate (pulsing) bar next to the elapsed time
+            self.progress.update(self.task, description=description, total=None, amount=amount)
+
+    def update(self, event: dict) -> None:
+        from routerllm_cli.units import format_bytes
+
         stage = event.get("stage")
         if stage == "checkpoint":
-            self.progress.update(self.task, description="reading tokenizer", total=event.get("bytes_total"))
+            self.checkpoint_bytes = event.get("bytes_total")
+            size = f"{format_bytes(self.checkpoint_bytes)} of weights" if self.checkpoint_bytes else ""
+            self._set("loading the tokenizer", amount=size)
         elif stage == "tokenizer":
-            self.progress.update(self.task, description="loading weights")
+            self._set("reading the weights")
         elif stage == "prepare":
-            count = f" ({event['done']}/{event['total']})" if event.get("total") else ""
-            self.progress.update(self.task, description=f"{event.get('message') or 'preparing'}{count}")
+            what = event.get("message") or "preparing"
+            total = event.get("total")
+            self._set(what, event.get("done"), total, f"{event.get('done')}/{total}" if total else "")
         elif stage == "weights":
             shards = (f" (shard {event['shards_done']}/{event['shards_total']})"
                       if event.get("shards_done") is not None and event.get("shards_total") else "")
-            self.progress.update(self.task, description=f"loading weights{shards}", completed=event.get("bytes_done"),
-                                 total=event.get("bytes_total"))
+            done, total = event.get("bytes_done") or 0, event.get("bytes_total")
+            amount = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else ""
+            self._set(f"placing weights{shards}", done, total, amount)
         elif stage == "offload":
-            self.progress.update(self.task, description="placing offloaded modules")
+            self._set("placing offloaded modules")
         elif stage == "done":
-            self.progress.update(self.task, description="generating")
+            self._set("generating")
 
 
 def _render(console: Any, data: dict) -> None:

@@ -12,11 +12,38 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="YAML config (default: $ROUTERLLM_CONFIG, else built-in defaults).",
                  show_default=False),
 ]
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """`--model <TAB>`: catalog names, then model folders (holding config.json or a .gguf) and .gguf files under
+    the path typed so far; plain folders too, so a path can be completed one level at a time. No heavy imports."""
+    from routerllm_cli.catalog.models import CATALOG
+
+    out = [name for name in sorted(CATALOG) if name.startswith(incomplete.lower().replace("-", "_"))]
+    head, _, prefix = incomplete.rpartition("/")
+    base = Path(head or ("/" if incomplete.startswith("/") else ".")).expanduser()
+    try:
+        entries = sorted(base.iterdir())
+    except OSError:
+        return out
+    shown = f"{head}/" if head or incomplete.startswith("/") else ""
+    models, folders = [], []
+    for entry in entries:
+        if not entry.name.startswith(prefix) or (entry.name.startswith(".") and not prefix.startswith(".")):
+            continue
+        if entry.is_dir():
+            is_model = (entry / "config.json").is_file() or any(entry.glob("*.gguf"))
+            (models if is_model else folders).append(f"{shown}{entry.name}" + ("" if is_model else "/"))
+        elif entry.suffix == ".gguf":
+            models.append(f"{shown}{entry.name}")
+    return out + models + folders
+
+
 ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="Catalog name (see `routerllm preflight --list-models`), hub id, local dir, .gguf "
                  "file, or an OpenAI-compatible endpoint: openai:http://HOST:8000/v1#SERVED_MODEL.",
-                 show_default=False),
+                 show_default=False, autocompletion=complete_model),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ResultsDirOpt = Annotated[

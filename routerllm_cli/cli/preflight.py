@@ -86,11 +86,14 @@ def preflight(
         'as one node).', show_default=False)] = None,
     head_address: Annotated[str, typer.Option(
         "--head-address", help="The head node's address in the printed commands.")] = "HEAD_IP",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show the checks that passed and the "
+                                          "planner's notes (by default: problems, the plan and the verdict).")] = False,
 ) -> None:
     """Check the machine and plan the model: per-device layers and memory, go / no-go with fixes, time estimates.
 
     Nothing is downloaded or loaded (unless --load). max_memory entries replace the budget of their device;
-    devices they do not name get what the hardware has, minus the reserves shown.
+    devices they do not name get what the hardware has, minus the reserves shown. The verdict and its fixes come
+    last; -v adds every check and the planner's notes. A log goes to logs_dir (default ./logs).
     """
     out = Output(json_out)
     if list_models:
@@ -101,6 +104,8 @@ def preflight(
     from routerllm_cli.estimates import Bandwidths
     from routerllm_cli.hardware import assume_hardware, probe_hardware
     from routerllm_cli.plan import run_preflight
+
+    from routerllm_cli.logs import log_to, new_log_path
 
     settings = load_settings(config, model_overrides(model, use_4bit, use_8bit, max_memory,
                                                      offload_folder=offload_folder))
@@ -117,26 +122,29 @@ def preflight(
         out.result(checked, lambda c: c.print(f"[bold green]endpoint ok[/]: {checked['url']} serves "
                                               f"{checked['model']} (of {len(checked['served'])} listed)"))
         return
-    hardware = probe_hardware(spec.offload_folder or settings.offload_folder)
-    if assume_gpus is not None or assume_cpu is not None:
-        hardware = assume_hardware(assume_gpus, assume_cpu, base=hardware)
-    rates: dict[str, float] = {}
-    if disk_gbps:
-        rates["disk_bytes_per_s"] = disk_gbps * 1e9
-    if link_gbps:
-        rates["h2d_links_bytes_per_s"] = link_gbps * 1e9
-    bandwidths = Bandwidths(**rates) if rates else None
-    out.info(f"planning {spec.name} ...")
-    report = run_preflight(settings, hardware, batch_size=batch_size, seq_len=seq_len, num_examples=num_examples,
-                           bandwidths=bandwidths)
-    payload = report.to_dict()
-    if load:
-        if report.verdict == "go":
-            payload["load"] = _load_and_generate(report.plan, spec, settings.hf_token, prompt, out)
-        else:
-            payload["load"] = None
-            out.warn("--load skipped: the plan is no-go")
-    out.result(payload, lambda c: _render(c, report, payload.get("load")))
+    log_path = new_log_path(settings.logs_dir, "preflight")
+    out.info(f"log: {log_path}")
+    with log_to(log_path):
+        hardware = probe_hardware(spec.offload_folder or settings.offload_folder)
+        if assume_gpus is not None or assume_cpu is not None:
+            hardware = assume_hardware(assume_gpus, assume_cpu, base=hardware)
+        rates: dict[str, float] = {}
+        if disk_gbps:
+            rates["disk_bytes_per_s"] = disk_gbps * 1e9
+        if link_gbps:
+            rates["h2d_links_bytes_per_s"] = link_gbps * 1e9
+        bandwidths = Bandwidths(**rates) if rates else None
+        out.info(f"planning {spec.name} ...")
+        report = run_preflight(settings, hardware, batch_size=batch_size, seq_len=seq_len,
+                               num_examples=num_examples, bandwidths=bandwidths)
+        payload = report.to_dict()
+        if load:
+            if report.verdict == "go":
+                payload["load"] = _load_and_generate(report.plan, spec, settings.hf_token, prompt, out)
+            else:
+                payload["load"] = None
+                out.warn("--load skipped: the plan is no-go")
+        out.result(payload, lambda c: _render(c, report, payload.get("load"), verbose=verbose))
     if report.verdict != "go":
         raise typer.Exit(1)
 
@@ -190,7 +198,10 @@ def _list_models(out: Output) -> None:
     out.result({"models": rows}, render)
 
 
-def _render(c: Any, report: Any, load: dict | None) -> None:
+def _render(c: Any, report: Any, load: dict | None, *, verbose: bool = False) -> None:
+    """Problems first, then the plan, then the verdict with its fixes as the last block, so it is what an 80x24
+    terminal shows when preflight ends. Checks that passed and the planner's notes only with `verbose`."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
@@ -201,18 +212,25 @@ def _render(c: Any, report: Any, load: dict | None) -> None:
             f"{plan.dtype}" + (f", {plan.quantization}" if plan.quantization != "none" else "")
             + (" - [cyan]assumed hardware[/]" if hw.assumed else ""))
 
-    checks = Table(show_header=False, box=None, pad_edge=False)
-    checks.add_column(width=4)
-    checks.add_column(style="bold")
-    checks.add_column()
-    for ch in report.checks:
-        detail = escape(ch.detail) + (f" [dim]- fix: {escape(ch.fix)}[/]" if ch.fix and ch.status in ("warn", "fail") else "")
-        checks.add_row(_STATUS.get(ch.status, ch.status), ch.name, detail)
-    c.print(checks)
+    shown = [ch for ch in report.checks if verbose or ch.status in ("warn", "fail")]
+    hidden = [ch.status for ch in report.checks if ch not in shown]
+    if hidden:
+        counts = ", ".join(f"{hidden.count(st)} {st}" for st in ("ok", "info", "skip") if st in hidden)
+        c.print(f"[dim]checks: {counts} (-v shows them)[/]")
+    if shown:
+        checks = Table(show_header=False, box=None, pad_edge=False)
+        checks.add_column(width=4)
+        checks.add_column(style="bold")
+        checks.add_column()
+        for ch in shown:
+            detail = escape(ch.detail) + (f" [dim]- fix: {escape(ch.fix)}[/]" if ch.fix and ch.status in ("warn", "fail") else "")
+            checks.add_row(_STATUS.get(ch.status, ch.status), ch.name, detail)
+        c.print(checks)
 
-    t = Table(title=f"plan: batch {plan.batch_size} x {plan.seq_len} tokens", title_justify="left")
-    for col in ("device", "layers", "weights GB", "KV cache GB", "other reserve GB", "budget GB", "free after GB"):
-        t.add_column(col, justify="left" if col in ("device", "layers") else "right")
+    t = Table(title=f"plan: batch {plan.batch_size} x {plan.seq_len} tokens, sizes in GB", title_justify="left",
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("device", "layers", "weights", "KV cache", "reserve", "budget", "free after"):
+        t.add_column(col, justify="left" if col in ("device", "layers") else "right", no_wrap=True)
     names = {str(g.index): f"GPU {g.index}" for g in hw.gpus}
     for d, a in plan.devices.items():
         free = a.free_after_bytes
@@ -221,20 +239,25 @@ def _render(c: Any, report: Any, load: dict | None) -> None:
                   f"[red]{_gb(free)}[/]" if free < 0 else _gb(free))
     total_kv = sum(a.kv_bytes for a in plan.devices.values())
     total_res = sum(a.reserve_bytes for a in plan.devices.values())
-    t.add_section()
-    t.add_row("total", f"{plan.num_layers} layers", _gb(plan.weight_bytes), _gb(total_kv), _gb(total_res - total_kv),
-              "", "")
+    if len(plan.devices) > 1:
+        t.add_row("total", f"{plan.num_layers}", _gb(plan.weight_bytes), _gb(total_kv), _gb(total_res - total_kv),
+                  "", "")
     c.print(t)
 
     _render_batches(c, plan)
     _render_links(c, plan)
     e = plan.estimates
-    c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['seconds_per_token']:.3g} s per decode step "
-            f"({e['tokens_per_second']:.3g} tokens/s at batch {plan.batch_size}; bandwidth floor "
-            f"{e['seconds_per_token_floor']:.3g} s), bench ~{format_duration(e['bench_seconds'])} "
-            f"(total with load ~{format_duration(e['total_seconds'])})")
-    for note in plan.notes:
-        c.print(f"[dim]- {escape(note)}[/]")
+    if verbose:
+        c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['seconds_per_token']:.3g} s per decode "
+                f"step ({e['tokens_per_second']:.3g} tokens/s at batch {plan.batch_size}; bandwidth floor "
+                f"{e['seconds_per_token_floor']:.3g} s), bench ~{format_duration(e['bench_seconds'])} "
+                f"(total with load ~{format_duration(e['total_seconds'])})")
+        for note in plan.notes:
+            c.print(f"[dim]- {escape(note)}[/]")
+    else:
+        c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['tokens_per_second']:.3g} tokens/s at "
+                f"batch {plan.batch_size}, bench ~{format_duration(e['bench_seconds'])}"
+                + (f" [dim]({len(plan.notes)} notes: -v)[/]" if plan.notes else ""))
 
     if load:
         _render_load(c, load, names)
@@ -242,10 +265,14 @@ def _render(c: Any, report: Any, load: dict | None) -> None:
         c.print("[bold green]verdict: GO[/]")
     else:
         c.print("[bold red]verdict: NO-GO[/]")
+        verdict = Table(show_header=False, box=None, pad_edge=False)
+        verdict.add_column(width=9, justify="right")
+        verdict.add_column()
         for r in report.reasons:
-            c.print(f"  [red]reason:[/] {escape(r)}")
+            verdict.add_row("[red]reason:[/]", escape(r))
         for f in report.fixes:
-            c.print(f"  [green]fix:[/] {escape(f)}")
+            verdict.add_row("[green]fix:[/]", escape(f))
+        c.print(verdict)
 
 
 def _render_load(c: Any, load: dict, names: dict[str, str]) -> None:

@@ -30,7 +30,8 @@ def token_source(settings_token: str | None) -> str | None:
 
 
 def _access_check(repo_id: str, token: str | None, timeout: float = 5.0) -> tuple[str, str]:
-    """('ok'|'fail'|'warn', detail) from huggingface_hub.auth_check, bounded by `timeout` seconds."""
+    """('ok'|'fail'|'warn', detail) from huggingface_hub.auth_check, bounded by `timeout` seconds: 'fail' when the
+    hub answered no (gated, missing), 'warn' when it could not be asked (network, proxy, timeout)."""
     result: list[tuple[str, str]] = []
 
     def run() -> None:
@@ -99,11 +100,19 @@ def model_checks(ref: ModelRef, spec: ModelSpec, hw: HardwareReport, *, token: s
         checks.append(Check("hub_access", "skip", "HF_HUB_OFFLINE=1: access not checked"))
     elif not cached:
         status, detail = _access_check(repo, token)
+        answered_no = status == "fail"
         if status == "fail" and hw.assumed:
             status = "warn"
-        checks.append(Check("hub_access", status, detail,  # type: ignore[arg-type]
-                            fix=f"accept the license at https://huggingface.co/{repo} and `hf auth login`"
-                            if status != "ok" else None))
+        # Only a hub that answered "gated" is a licence matter; a network error is not.
+        if status == "ok":
+            fix = None
+        elif answered_no and "gated" in detail:
+            fix = f"accept the license at https://huggingface.co/{repo} and `hf auth login`"
+        elif answered_no:
+            fix = f"check the repo id {repo} (or `hf auth login` if it is private)"
+        else:
+            fix = "check the network or proxy to the hub (HF_ENDPOINT), or set HF_HUB_OFFLINE=1 to plan without it"
+        checks.append(Check("hub_access", status, detail, fix=fix))  # type: ignore[arg-type]
     return checks
 
 

@@ -84,8 +84,9 @@ def fixes(planner: Any, spec: ModelSpec, hw: HardwareReport, devices: dict[str, 
         cpu = devices["cpu"]
         need = _cpu_needed(planner, devices, spec.quantization)
         if hw.assumed or "cpu" in user or need > cpu.budget_bytes:
-            fixes.append(f"raise cpu to {gb_up(need)}GB (max_memory cpu, --assume-cpu, or a machine with that much "
-                         "free RAM)")
+            # the what-if carries its value, so other commands can name it as a preflight command (run.fix_for)
+            fixes.append(f"raise cpu to {gb_up(need)}GB (max_memory cpu, or a machine with that much free RAM; "
+                         f"--assume-cpu {gb_up(need)}GB plans for it)")
         if spec.offload_folder is None:
             fixes.append(f"add offload_folder for disk offload (set offload_folder: ./offload; needs "
                          f"{format_bytes(disk.weight_bytes)} free, and decoding reads it from disk every token)")
