@@ -22,14 +22,14 @@ _MODEL = ("models", "large_llm")
 PINNED: tuple[tuple[str, ...], ...] = (
     (*_MODEL, "name"), (*_MODEL, "model_id"), (*_MODEL, "gguf_file"), (*_MODEL, "torch_dtype"),
     (*_MODEL, "use_4bit"), (*_MODEL, "use_8bit"), (*_MODEL, "bnb_4bit_quant_type"),
-    (*_MODEL, "bnb_4bit_use_double_quant"),
+    (*_MODEL, "bnb_4bit_use_double_quant"), (*_MODEL, "endpoint"),
     ("bench", "prompt_style"), ("bench", "max_new_tokens"), ("bench", "temperature"), ("bench", "top_p"),
     ("bench", "samples"), ("bench", "seed"), ("bench", "num_examples"), ("bench", "task_ids"),
 )
 # fingerprint key -> the flag that sets it (None: only YAML or env can)
 FLAGS = {"model": "--model", "model_id": "--model", "quantization": "--4bit/--8bit", "dtype": None,
          "prompt_style": "--prompt-style", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
-         "top_p": None, "samples": "--samples", "seed": None}
+         "top_p": None, "samples": "--samples", "seed": None, "source": "--model"}
 _MISSING = object()
 
 

@@ -61,7 +61,7 @@ def test_the_screen_shows_measured_speed_memory_and_eta_during_a_batch():
     screen = _screen(clock)
     try:
         line = screen.render(80)
-        assert "0/10" in line and "~69 s (preflight estimate)" in line
+        assert "0/10" in line and "~1m 09s (preflight estimate)" in line
         pace = Pace(todo=10, batch_size=4, max_new_tokens=192)
         seen = []
         for second in range(1, 31):  # one progress event a second, no batch finished in this half minute

@@ -305,7 +305,9 @@ def _bench(model, config, num_examples, tasks, skip_execution, batch_size, promp
     run_dir, notes = Path(run_dir) if run_dir is not None else None, []
     if resume and run_dir is None:
         run_dir = _latest_run(load_settings(config, overrides))
-    if run_dir is not None and (run_dir / "run.json").is_file():
+    from routerllm_cli.runs import is_run_folder
+
+    if run_dir is not None and is_run_folder(run_dir):
         from routerllm_cli.resume import settings_for_resume
 
         settings, notes = settings_for_resume(run_dir, config, overrides)

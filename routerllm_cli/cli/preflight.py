@@ -144,7 +144,8 @@ def preflight(
             else:
                 payload["load"] = None
                 out.warn("--load skipped: the plan is no-go")
-        out.result(payload, lambda c: _render(c, report, payload.get("load"), verbose=verbose))
+        about_config = set(spec.offload_notes())  # notes on the user's own settings are always shown
+        out.result(payload, lambda c: _render(c, report, payload.get("load"), verbose=verbose, always=about_config))
     if report.verdict != "go":
         raise typer.Exit(1)
 
@@ -198,7 +199,7 @@ def _list_models(out: Output) -> None:
     out.result({"models": rows}, render)
 
 
-def _render(c: Any, report: Any, load: dict | None, *, verbose: bool = False) -> None:
+def _render(c: Any, report: Any, load: dict | None, *, verbose: bool = False, always: set[str] = frozenset()) -> None:
     """Problems first, then the plan, then the verdict with its fixes as the last block, so it is what an 80x24
     terminal shows when preflight ends. Checks that passed and the planner's notes only with `verbose`."""
     from rich import box
@@ -255,9 +256,13 @@ def _render(c: Any, report: Any, load: dict | None, *, verbose: bool = False) ->
         for note in plan.notes:
             c.print(f"[dim]- {escape(note)}[/]")
     else:
+        rest = [n for n in plan.notes if n not in always]
         c.print(f"estimates: load ~{format_duration(e['load_seconds'])}, {e['tokens_per_second']:.3g} tokens/s at "
                 f"batch {plan.batch_size}, bench ~{format_duration(e['bench_seconds'])}"
-                + (f" [dim]({len(plan.notes)} notes: -v)[/]" if plan.notes else ""))
+                + (f" [dim]({len(rest)} notes: -v)[/]" if rest else ""))
+        for note in plan.notes:
+            if note in always:
+                c.print(f"[yellow]note:[/] {escape(note)}")
 
     if load:
         _render_load(c, load, names)
