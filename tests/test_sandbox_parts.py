@@ -170,3 +170,25 @@ def test_run_tests_calls_the_entry_point_by_name_and_relays_its_exceptions(probl
     assert caught.passed  # the tests see the program's exception as the built-in class it is
     missing = box.run_tests(prompt, "    return 1\ndel f\n", "f(1)", "f")
     assert missing.result == "failed: NameError: name 'f' is not defined"
+
+
+# -- preflight says which layer runs generated code ---------------------------------------------------------
+
+def test_preflight_reports_the_active_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from routerllm_cli.cli.app import app
+    from routerllm_cli.plan.preflight import sandbox_check
+
+    result = CliRunner().invoke(app, ["preflight", "--json"])
+    assert result.exit_code == 0, result.output
+    check = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "sandbox")
+    assert check["status"] == "ok" and "fs private-root" in check["detail"] and "seccomp" in check["detail"]
+    assert check["detail"].startswith("bubblewrap" if layers.bwrap_status().usable else "built-in layer")
+    builtin = sandbox_check("builtin")
+    assert builtin.status == "ok" and builtin.detail.startswith("built-in layer: fs private-root")
+    monkeypatch.setattr(layers, "_probed", layers.BwrapStatus(None, None, False, "bubblewrap is not installed"))
+    fallback = sandbox_check("auto")
+    assert fallback.status == "warn" and "not installed" in fallback.detail and "apt-get" in fallback.fix
+    forced = sandbox_check("bwrap")
+    assert forced.status == "fail" and "apt-get install bubblewrap" in forced.fix
