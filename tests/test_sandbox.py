@@ -17,11 +17,9 @@ import pytest
 
 from routerllm_cli.errors import ConfigError
 from routerllm_cli.sandbox import ExecutionResult, Sandbox, SandboxLimits
-from routerllm_cli.sandbox.layers import bwrap_status
+from sandbox_layers import LAYERS
 
 TIMEOUT = 1.0
-LAYERS = ["builtin", pytest.param("bwrap", marks=pytest.mark.skipif(
-    not bwrap_status().usable, reason=f"bubblewrap: {bwrap_status().reason}"))]
 
 
 @pytest.fixture(scope="module", params=LAYERS)

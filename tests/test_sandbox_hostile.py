@@ -13,11 +13,9 @@ import pytest
 
 from hostile_cases import CASES, HostileCase, fill
 from routerllm_cli.sandbox import Sandbox, SandboxLimits
-from routerllm_cli.sandbox.layers import bwrap_status
+from sandbox_layers import LAYERS
 
 TIMEOUT = 1.0
-LAYERS = ["builtin", pytest.param("bwrap", marks=pytest.mark.skipif(
-    not bwrap_status().usable, reason=f"bubblewrap: {bwrap_status().reason}"))]
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ from routerllm_cli.errors import ConfigError
 from routerllm_cli.sandbox import Sandbox, SandboxLimits
 from routerllm_cli.sandbox import layers, seccomp
 from routerllm_cli.sandbox.codec import Opaque, decode, encode
+from sandbox_layers import LAYERS
 
-LAYERS = ["builtin", pytest.param("bwrap", marks=pytest.mark.skipif(
-    not layers.bwrap_status().usable, reason=f"bubblewrap: {layers.bwrap_status().reason}"))]
 
 
 def roundtrip(value):
