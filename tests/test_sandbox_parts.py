@@ -191,3 +191,26 @@ def test_preflight_reports_the_active_layer(monkeypatch: pytest.MonkeyPatch) -> 
     assert fallback.status == "warn" and "not installed" in fallback.detail and "apt-get" in fallback.fix
     forced = sandbox_check("bwrap")
     assert forced.status == "fail" and "apt-get install bubblewrap" in forced.fix
+
+
+def test_the_agreement_script_names_each_disagreement_and_its_reason(tmp_path, problems: dict) -> None:
+    import subprocess
+    from pathlib import Path
+
+    rows = [{"task_id": t, "sample_idx": 0, "completion": problems[t]["canonical_solution"]}
+            for t in ("HumanEval/0", "HumanEval/32")]
+    rows += [{"task_id": "HumanEval/0", "sample_idx": 1, "completion": "    return False\n"},
+             {"task_id": "HumanEval/38", "sample_idx": 0, "completion": "    return s\n\n\ndef encode_cyclic(s: str):\n"
+                                                                        "    return s\n"}]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "null\n")
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "sandbox_agreement.py"), str(tmp_path),
+                           "--out", str(tmp_path / "agreement.json")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert done.returncode == 1, done.stderr  # one disagreement
+    summary = json.loads((tmp_path / "agreement.json").read_text())
+    assert (summary["samples"], summary["agree"], summary["disagree"]) == (4, 3, 1)
+    assert summary["passed"] == {"routerllm": 2, "reference": 3}
+    (wrong,) = summary["disagreements"]
+    assert wrong["task_id"] == "HumanEval/38" and "redefines encode_cyclic" in wrong["reason"]
+    assert "DISAGREE HumanEval/38" in done.stdout
