@@ -214,3 +214,57 @@ def test_the_agreement_script_names_each_disagreement_and_its_reason(tmp_path, p
     (wrong,) = summary["disagreements"]
     assert wrong["task_id"] == "HumanEval/38" and "redefines encode_cyclic" in wrong["reason"]
     assert "DISAGREE HumanEval/38" in done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv") or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become nobody), setpriv and a system python3")
+@pytest.mark.parametrize("layer", LAYERS)
+def test_both_layers_work_for_a_user_without_root(layer: str) -> None:
+    """As root the built-in layer needs no user namespace; a plain user gets one. Runs the code as `nobody`."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    where = Path(tempfile.mkdtemp(prefix="routerllm-nonroot-test-", dir="/tmp"))
+    try:
+        shutil.copytree(Path(__file__).parents[1] / "routerllm_cli", where / "routerllm_cli")
+        for p in [where, *where.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        probe = (f"import sys; sys.path.insert(0, {str(where)!r})\n"
+                 "from routerllm_cli.sandbox import Sandbox, SandboxLimits\n"
+                 f"box = Sandbox(SandboxLimits(timeout_s=3, layer={layer!r}))\n"
+                 "p = 'def f(x):\\n    \"\"\"d\"\"\"\\n'\n"
+                 "print(box.run_tests(p, '    return 2 * x\\n', 'assert f(2) == 4', 'f').result)\n"
+                 "print(box.run_program('open(\"/etc/shadow\")').result.split(':')[1].strip())\n"
+                 "print(box.isolation['fs'], box.isolation['proc'])\n")
+        done = subprocess.run(["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                               "/usr/bin/python3", "-c", probe], capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"})
+        assert done.stdout.split() == ["passed", "FileNotFoundError", "private-root", "seccomp"], done.stderr
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_the_sweep_removes_only_marked_folders_of_dead_owners(tmp_path) -> None:
+    import subprocess
+    from pathlib import Path
+
+    from routerllm_cli.sandbox import workdir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folders = {name: tmp_path / f"{workdir.PREFIX}{name}" for name in ("dead", "alive", "unmarked", "reused")}
+    for folder in folders.values():
+        folder.mkdir()
+    ticks = workdir._start_ticks(os.getpid())
+    marks = {"dead": (int(dead.stdout), None), "alive": (os.getpid(), ticks), "reused": (os.getpid(), ticks + 1)}
+    import socket
+
+    for name, (pid, start) in marks.items():
+        (folders[name] / workdir.MARKER).write_text(json.dumps({"pid": pid, "start": start,
+                                                                "host": socket.gethostname()}))
+    (folders["dead"] / "leftover.txt").write_text("x")
+    (tmp_path / f"{workdir.PREFIX}link").symlink_to(folders["dead"])
+    assert sorted(p.name for p in workdir.sweep(tmp_path)) == [f"{workdir.PREFIX}dead", f"{workdir.PREFIX}reused"]
+    assert folders["alive"].is_dir() and folders["unmarked"].is_dir() and not folders["dead"].exists()
+    assert Path(tmp_path / f"{workdir.PREFIX}link").is_symlink()
