@@ -122,6 +122,7 @@ def finished_run(tiny_llama_dir: Path, tmp_path: Path) -> tuple[list[str], Path]
     return args, tmp_path / "run"
 
 
+@pytest.mark.slow  # a routerllm process end to end
 def test_a_null_line_and_a_sample_without_seconds_are_read_around(finished_run) -> None:
     args, run = finished_run
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
@@ -135,6 +136,7 @@ def test_a_null_line_and_a_sample_without_seconds_are_read_around(finished_run) 
     assert summary["done"] == 2 and summary["status"] == "finished" and summary["latency_s"]["mean"] == 0.0
 
 
+@pytest.mark.slow  # a routerllm process end to end
 def test_a_truncated_run_json_is_a_one_line_error(finished_run) -> None:
     args, run = finished_run
     text = (run / "run.json").read_text()

@@ -323,6 +323,7 @@ def test_verdicts_agree_with_the_reference_evaluator(sandbox: Sandbox, problems:
         ["passed"] * 3 + ["failed"] * 5 + ["timed out", "failed", "passed"])
 
 
+@pytest.mark.slow  # a routerllm process end to end
 @pytest.mark.parametrize("layer", LAYERS)
 def test_killing_the_harness_takes_its_sandboxes_along(layer: str) -> None:
     """A harness killed with SIGKILL (no cleanup runs) must not leave a spinning sandbox behind, and the next

@@ -193,6 +193,7 @@ def test_preflight_reports_the_active_layer(monkeypatch: pytest.MonkeyPatch) -> 
     assert forced.status == "fail" and "apt-get install bubblewrap" in forced.fix
 
 
+@pytest.mark.slow  # a routerllm process end to end
 def test_the_agreement_script_names_each_disagreement_and_its_reason(tmp_path, problems: dict) -> None:
     import subprocess
     from pathlib import Path
@@ -216,6 +217,7 @@ def test_the_agreement_script_names_each_disagreement_and_its_reason(tmp_path, p
     assert "DISAGREE HumanEval/38" in done.stdout
 
 
+@pytest.mark.slow  # a routerllm process end to end
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv") or not os.path.exists("/usr/bin/python3"),
                     reason="needs root (to become nobody), setpriv and a system python3")
 @pytest.mark.parametrize("layer", LAYERS)
