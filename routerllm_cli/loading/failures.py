@@ -94,7 +94,7 @@ def translate_load_error(exc: BaseException, plan: "DevicePlan | None" = None,
                 )
             return RunFailed(f"disk full {'while loading ' if plan is not None else ''}(writing {filename or 'a file'})",
                              fix="free space on that disk, or point the setting that names that folder at a larger "
-                             "one (bench.results_dir for runs, HF_HOME for downloads)")
+                             "disk (bench.results_dir for runs, HF_HOME for downloads)")
         if "bitsandbytes" in text.lower() and ("cuda" in text.lower() or "gpu" in text.lower()):
             return RunFailed(f"bitsandbytes failed: {first}",
                              fix="install a bitsandbytes build matching your CUDA, or drop --4bit/--8bit")
