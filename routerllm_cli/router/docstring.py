@@ -207,7 +207,8 @@ def _check_helpers() -> str:
 def extract_docstring_tests(prompt: str, entry_point: str) -> str:
     """A test program for the examples in the entry point's docstring, or "" when it has none.
 
-    Append it to `prompt + completion`. Expected values that are Python literals are compared with `==`
+    Run it as the tests of `prompt + completion` (`Sandbox.run_tests`; appended to the program it also runs).
+    Expected values that are Python literals are compared with `==`
     (floats with a small tolerance, since docstrings show them rounded); other expected output is compared
     with the repr of the result, as doctest does. The program exits non-zero naming each failed example.
     """

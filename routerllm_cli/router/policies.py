@@ -101,7 +101,8 @@ class CascadeRouter:
 
     Drive it step by step (`check`/`accept` per answer) or let `run` do the loop: model k generates only for
     the problems still unresolved, and the last model's answers are final without a check.
-    A completion is checked as HumanEval runs it: `prompt + completion`, then the docstring examples.
+    A completion is checked as HumanEval runs it: `prompt + completion` as the program, the docstring examples
+    as the tests calling its entry point.
     """
 
     name = "cascade"
@@ -111,7 +112,9 @@ class CascadeRouter:
         if not tests:
             return CascadeVerdict(True, "no docstring examples in the prompt; first answer accepted unchecked", 0)
         n = len(docstring_examples(prompt, entry_point))
-        result = sandbox.run_program(prompt + completion + "\n" + tests)
+        # The examples run in the sandbox's checker process, apart from the completion's code, so the
+        # completion cannot report its own success.
+        result = sandbox.run_tests(prompt, completion, tests, entry_point)
         if result.passed:
             return CascadeVerdict(True, f"passed its {n} docstring examples", n)
         return CascadeVerdict(False, f"failed its docstring examples ({result.result})"[:300], n)
