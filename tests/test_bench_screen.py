@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from routerllm_cli import bench as core
+from routerllm_cli.bench import pipeline as core
 from routerllm_cli.cli.bench import BenchScreen, render_summary
 from routerllm_cli.cli.output import Output
 from routerllm_cli.config import load_settings
