@@ -111,3 +111,9 @@ def test_offload_links_must_be_auto_or_a_count(value):
 
     with pytest.raises(ConfigError, match="offload_links .* use auto"):
         load_settings(None, {"models": {"large_llm": {"offload_links": value}}})
+
+
+def test_free_after_is_within_the_operators_budget_where_one_is_set():
+    settings = load_settings(None, {"models": {"large_llm": {"name": "smollm2_135m", "max_memory": {"cpu": "8GB"}}}})
+    cpu = plan_for_run(settings, "bench", hardware=machine(None, "64GB")).devices["cpu"]
+    assert cpu.budget_bytes == 8 * GB and cpu.free_after_bytes == 8 * GB - cpu.weight_bytes

@@ -88,6 +88,7 @@ class _Planner:
         self._sizes: dict[str, ModelSizes] = {}
         self._tied = find_tied(self.model)
         self._runs: dict[tuple, dict[str, Device]] = {}
+        self.user_budgets: dict[Device, int] = {}  # max_memory as it applies here (set by plan_model)
 
     def at_batch(self, batch: int) -> "_Planner":
         other = copy.copy(self)  # the model, size tables and caches are shared
@@ -273,9 +274,13 @@ class _Planner:
             else:
                 cap = caps.get(d, 0)
             ls = layers_on.get(d)
+            budget = budgets.get(d, cap)
+            # room left: within the operator's max_memory where one is set (it budgets weights, as accelerate's
+            # does), else on the device after weights and reserves
+            free = budget - weights if d in self.user_budgets else cap - weights - reserve
             out[str(d)] = DeviceAllocation(
                 str(d), mods, (min(ls), max(ls)) if ls else None, weights, reserve,
-                budgets.get(d, cap), cap - weights - reserve, res.get("kv_cache", 0), dict(res))
+                budget, free, res.get("kv_cache", 0), dict(res))
         return out
 
 
@@ -297,6 +302,7 @@ def plan_model(spec: ModelSpec, hardware: HardwareReport, *, batch_size: int | N
              else spec.offload_notes())
     caps = planner.hardware_caps()
     user, disk_budget = _user_budgets(spec, hardware, caps, notes)
+    planner.user_budgets = user
     checkpoint = checkpoint_bytes(planner.ref, sizes.params)
     bw = bandwidths or Bandwidths()
     work = throughput.Work(num_examples=num_examples, max_new_tokens=max_new_tokens, seq_len=planner.seq,
