@@ -242,6 +242,8 @@ class BenchSpec(_Strict):
     # compiled: a static KV cache and the decode step captured as CUDA graphs (auto: when every layer sits on one
     # GPU); eager: generate with a dynamic cache. Offloaded models always decode through the offload engine.
     decode: Literal["auto", "eager", "compiled"] = "auto"
+    # on: compile that static step with each decoder layer fused by inductor (auto: captured models of >= 4 GB)
+    decode_fuse: Literal["auto", "on", "off"] = "auto"
     max_new_tokens: int = Field(384, ge=1)
     max_prompt_tokens: int = Field(1024, ge=16)
     prompt_style: Literal["auto", "base", "instruct"] = "auto"

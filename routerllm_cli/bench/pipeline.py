@@ -168,7 +168,7 @@ def _run_bench(settings: Settings, *, spec: ModelSpec | None, run_dir: Path | No
 
             decoder, decode_info = decoder_for(loaded.plan, loaded.model, b.decode, continuous=continuous,
                                                sampling=b.temperature > 0, slots=min(batch_size, len(items)),
-                                               on_event=emit)
+                                               fuse=b.decode_fuse, on_event=emit)
             groups = generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous, decoder,
                                       on_step)
         if todo:

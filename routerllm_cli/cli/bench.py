@@ -9,8 +9,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from routerllm_cli.cli.errors import handle_errors
-from routerllm_cli.cli.options import (ConfigOpt, DecodeOpt, JsonOpt, MaxMemoryOpt, ModelOpt, ResultsDirOpt,
-                                       Use4bitOpt, Use8bitOpt, decode_override, model_overrides)
+from routerllm_cli.cli.options import (ConfigOpt, DecodeFuseOpt, DecodeOpt, JsonOpt, MaxMemoryOpt, ModelOpt,
+                                       ResultsDirOpt, Use4bitOpt, Use8bitOpt, decode_override, model_overrides)
 from routerllm_cli.cli.output import Output
 from routerllm_cli.units import format_duration
 
@@ -111,10 +111,24 @@ class BenchScreen:
 
     def on_decode(self, d: dict) -> None:
         self.out.info(f"decode: {d['path']} ({d['reason']})")
+        if d["path"] == "compiled" and d.get("fuse_reason"):
+            self.out.info(f"decode fusion: {'on' if d.get('fuse') else 'off'} ({d['fuse_reason']})")
+
+    def on_compiling(self, d: dict) -> None:
+        self.out.info(f"compiling the fused decode step for batch {d['batch']} x {d['tokens']} tokens "
+                      f"(torch.compile, cache {d['cache_dir']}) ...")
 
     def on_capture(self, d: dict) -> None:
-        self.out.info(f"captured the decode step for batch {d['batch']} x {d['tokens']} tokens in {d['seconds']:.2f} s "
-                      f"({d['graphs']} graph{'s' if d['graphs'] > 1 else ''}, {d['total_seconds']:.2f} s in all)")
+        compiled = (f"compiled in {d['compile_seconds']:.1f} s (cache {d['cache']}), " if d.get("fused") else "")
+        if not d.get("captured"):
+            self.out.info(f"decode step for batch {d['batch']} x {d['tokens']} tokens: {compiled.rstrip(', ')}")
+            return
+        self.out.info(f"captured the decode step for batch {d['batch']} x {d['tokens']} tokens: {compiled}"
+                      f"captured in {d['seconds']:.2f} s ({d['graphs']} graph{'s' if d['graphs'] > 1 else ''}, "
+                      f"{d['total_seconds']:.2f} s in all)")
+
+    def on_fuse_fallback(self, d: dict) -> None:
+        self.out.info(f"decode fusion: off, the unfused step runs instead: {d['reason']}")
 
     def on_decode_fallback(self, d: dict) -> None:
         self.out.info(f"decode: falling back to eager: {d['reason']}")
@@ -188,14 +202,21 @@ class BenchScreen:
 
 
 def decode_text(d: dict[str, Any]) -> str:
-    """One line: which decode path ran, and what capturing cost or why not."""
+    """One line: which decode path ran, what capturing and compiling cost, or why not."""
     if d.get("fallback"):
         return f"eager after a fallback: {d['fallback']}"
-    if d.get("path") == "compiled":
-        if d.get("captured"):
-            return f"compiled: {d.get('graphs', 0)} CUDA graphs captured in {d.get('capture_seconds', 0.0):.2f} s"
-        return f"compiled ({d['reason']})"
-    return f"eager ({d.get('reason', '')})"
+    if d.get("path") != "compiled":
+        return f"eager ({d.get('reason', '')})"
+    if d.get("captured"):
+        text = f"compiled: {d.get('graphs', 0)} CUDA graphs captured in {d.get('capture_seconds', 0.0):.2f} s"
+    else:
+        text = f"compiled ({d['reason']})"
+    if d.get("fused"):
+        text += (f"; layers fused: compiled in {d.get('compile_seconds', 0.0):.1f} s "
+                 f"(cache {d.get('compile_cache')})")
+    elif d.get("fuse_fallback"):
+        text += f"; unfused after a failed compile: {d['fuse_fallback']}"
+    return text
 
 
 def render_summary(summary: dict[str, Any]):
@@ -252,6 +273,7 @@ def bench(
     batching: Annotated[Optional[str], typer.Option("--batching", help="auto (continuous on a GPU, static on a "
                                                     "CPU) | static | continuous", show_default=False)] = None,
     decode: DecodeOpt = None,
+    decode_fuse: DecodeFuseOpt = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, show_default=False)] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Samples per problem (pass@k).",
                                                    show_default=False)] = None,
@@ -276,9 +298,9 @@ def bench(
     handle_errors(_bench)(**locals())
 
 
-def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, decode, temperature,
-           samples, max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit, max_memory,
-           concurrency, json_out) -> None:
+def _bench(model, config, num_examples, tasks, skip_execution, batch_size, prompt_style, batching, decode, decode_fuse,
+           temperature, samples, max_new_tokens, timeout, device, results_dir, run_dir, resume, use_4bit, use_8bit,
+           max_memory, concurrency, json_out) -> None:
     from routerllm_cli.bench import StopSignal, run_bench
     from routerllm_cli.config import load_settings
     from routerllm_cli.errors import ConfigError
@@ -291,7 +313,7 @@ def _bench(model, config, num_examples, tasks, skip_execution, batch_size, promp
                        ("results_dir", results_dir)):
         if value is not None:
             bench_over[key] = value
-    bench_over.update(decode_override(decode))
+    bench_over.update(decode_override(decode, decode_fuse))
     if tasks:
         bench_over["task_ids"] = [t.strip() for t in tasks.split(",") if t.strip()]
     if batch_size is not None:

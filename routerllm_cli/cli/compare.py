@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from routerllm_cli.cli.errors import handle_errors
-from routerllm_cli.cli.options import ConfigOpt, DecodeOpt, JsonOpt, ResultsDirOpt, decode_override
+from routerllm_cli.cli.options import (ConfigOpt, DecodeFuseOpt, DecodeOpt, JsonOpt, ResultsDirOpt,
+                                       decode_override)
 from routerllm_cli.cli.output import Output
 
 EPILOG = """Examples:
@@ -32,6 +33,7 @@ def compare(
                                                            show_default=False)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", min=1, show_default=False)] = None,
     decode: DecodeOpt = None,
+    decode_fuse: DecodeFuseOpt = None,
     results_dir: ResultsDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -39,8 +41,8 @@ def compare(
     handle_errors(_compare)(**locals())
 
 
-def _compare(config, num_examples, router, use_large_model, skip_execution, max_new_tokens, decode, results_dir,
-             json_out) -> None:
+def _compare(config, num_examples, router, use_large_model, skip_execution, max_new_tokens, decode, decode_fuse,
+             results_dir, json_out) -> None:
 
     from routerllm_cli.bench import StopSignal
     from routerllm_cli.compare import run_compare
@@ -51,7 +53,7 @@ def _compare(config, num_examples, router, use_large_model, skip_execution, max_
         raise ConfigError(f"--router {router!r} is not a policy", fix="use heuristic, cascade, random or oracle")
     bench_over: dict[str, Any] = {k: v for k, v in (("num_examples", num_examples), ("skip_execution", skip_execution),
                                                     ("max_new_tokens", max_new_tokens)) if v is not None}
-    bench_over.update(decode_override(decode))
+    bench_over.update(decode_override(decode, decode_fuse))
     overrides: dict[str, Any] = {"bench": bench_over} if bench_over else {}
     if router is not None:
         overrides["models"] = {"router": {"policy": router}}

@@ -55,6 +55,11 @@ DecodeOpt = Annotated[
     typer.Option("--decode", help="auto (compiled when every layer is on one GPU) | compiled (static KV cache, "
                  "decode step captured as CUDA graphs) | eager (generate).", show_default=False),
 ]
+DecodeFuseOpt = Annotated[
+    Optional[str],
+    typer.Option("--decode-fuse", help="auto (on for captured models of 4 GB or more) | on (compile the static "
+                 "step with its decoder layers fused by torch.compile) | off.", show_default=False),
+]
 Use4bitOpt = Annotated[Optional[bool], typer.Option("--4bit/--no-4bit", help="Override use_4bit.", show_default=False)]
 Use8bitOpt = Annotated[Optional[bool], typer.Option("--8bit/--no-8bit", help="Override use_8bit.", show_default=False)]
 MaxMemoryOpt = Annotated[
@@ -97,12 +102,17 @@ def model_overrides(model: str | None = None, use_4bit: bool | None = None, use_
     return {"models": {"large_llm": spec}} if spec else {}
 
 
-def decode_override(decode: str | None) -> dict[str, Any]:
-    """`--decode` as a bench override, checked here so a typo is one line naming the choices."""
+def decode_override(decode: str | None, fuse: str | None = None) -> dict[str, Any]:
+    """`--decode` and `--decode-fuse` as bench overrides, checked here so a typo is one line naming the choices."""
     from routerllm_cli.errors import ConfigError
 
-    if decode is None:
-        return {}
-    if decode not in ("auto", "eager", "compiled"):
-        raise ConfigError(f"--decode {decode!r} is not a decode path", fix="use auto, compiled or eager")
-    return {"decode": decode}
+    out: dict[str, Any] = {}
+    if decode is not None:
+        if decode not in ("auto", "eager", "compiled"):
+            raise ConfigError(f"--decode {decode!r} is not a decode path", fix="use auto, compiled or eager")
+        out["decode"] = decode
+    if fuse is not None:
+        if fuse not in ("auto", "on", "off"):
+            raise ConfigError(f"--decode-fuse {fuse!r} is not a fusion setting", fix="use auto, on or off")
+        out["decode_fuse"] = fuse
+    return out

@@ -3,6 +3,13 @@
 `auto` takes the captured step when every layer of the plan sits on one GPU and the model is one the static step
 can run; anything offloaded keeps the offload engine (its step is the host-to-GPU copy, which graphs do not
 shorten). The reason is a sentence for the bench screen and the run summary.
+
+`bench.decode_fuse` (auto | on | off) says whether that step is compiled with its decoder layers fused first
+(fuse.py). auto fuses a captured step of at least FUSE_AUTO_MIN_BYTES of 16-bit weights. Fusing removes about
+two dozen small launches per layer, so it saves about as much per step on a small model as on a large one of as
+many layers, while compiling costs seconds to tens of seconds per batch bucket (cold cache). A small model's run
+is a few hundred steps at a large batch and does not win that back; a large one decodes at the smaller batches
+that fit beside its cache, so more steps, and its latency, energy and cost per token are measured on them.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 DECODE_PATHS = ("auto", "eager", "compiled")
+FUSE_SETTINGS = ("auto", "on", "off")
+FUSE_AUTO_MIN_BYTES = 4 * 10**9
 # Architectures whose step the CPU tests hold equal to `generate` (tests/test_resident_decode.py). Others may build
 # something from the mask's shape (ALiBi, say) and would answer wrong without failing, so they stay eager.
 VALIDATED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
@@ -29,6 +38,9 @@ class DecodeChoice:
     reason: str
     capture: bool = False  # CUDA graphs (False with "compiled": the static step runs uncaptured, on a CPU)
     requested: str = "auto"
+    fuse: bool = False  # the static step compiled with its decoder layers fused (fuse.py)
+    fuse_reason: str = ""
+    fuse_requested: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,9 +73,39 @@ def unsupported_reason(model: Any, *, sampling: bool = False) -> str | None:
     return None
 
 
+def choose_fuse(requested: str, *, capture: bool, weight_bytes: int, quantization: str = "none") -> tuple[bool, str]:
+    """Whether the static step is compiled with its layers fused, and why (`requested` is bench.decode_fuse)."""
+    if requested == "off":
+        return False, "off was asked for"
+    if requested == "on":
+        return True, "on was asked for: each decoder layer compiled by inductor"
+    if not capture:
+        return False, "the step runs uncaptured: compiling would only add time"
+    if quantization != "none":
+        return False, f"{quantization} bitsandbytes layers are not fused under auto (decode_fuse: on tries them)"
+    size = f"{weight_bytes / 1e9:.2g} GB of weights"
+    if weight_bytes < FUSE_AUTO_MIN_BYTES:
+        return False, f"{size} (under {FUSE_AUTO_MIN_BYTES / 1e9:.0f} GB): a run this short does not win back the compile"
+    return True, f"{size}: each decoder layer compiled by inductor (once per batch bucket, cached on disk)"
+
+
 def choose_decode(requested: str, plan: Any, *, continuous: bool, model: Any = None, sampling: bool = False,
-                  cuda_available: bool | None = None) -> DecodeChoice:
-    """`requested` is bench.decode (auto | eager | compiled); `plan` the DevicePlan the model was loaded with."""
+                  cuda_available: bool | None = None, fuse: str = "auto") -> DecodeChoice:
+    """`requested` is bench.decode (auto | eager | compiled), `fuse` bench.decode_fuse (auto | on | off); `plan`
+    the DevicePlan the model was loaded with."""
+    choice = _choose_path(requested, plan, continuous=continuous, model=model, sampling=sampling,
+                          cuda_available=cuda_available)
+    choice.fuse_requested = fuse
+    if choice.path == "compiled":
+        choice.fuse, choice.fuse_reason = choose_fuse(fuse, capture=choice.capture, weight_bytes=plan.weight_bytes,
+                                                      quantization=plan.quantization)
+    elif fuse == "on":
+        choice.fuse_reason = "on was asked for, but the static step does not run (eager decode)"
+    return choice
+
+
+def _choose_path(requested: str, plan: Any, *, continuous: bool, model: Any, sampling: bool,
+                 cuda_available: bool | None) -> DecodeChoice:
     def eager(reason: str) -> DecodeChoice:
         if requested == "compiled":
             reason = "compiled was asked for, but " + reason

@@ -36,17 +36,21 @@ def _round_up(value: int, step: int) -> int:
 class ResidentDecoder:
     """A `generation.ChunkDecoder` over a static cache of `slots` rows x `max_tokens` positions (+ one chunk).
 
-    `capture`: CUDA graphs per (batch bucket, length bucket), else the same step uncaptured (CPU). `on_event(kind,
-    data)` hears "capture" (one per graph) and "decode_fallback"."""
+    `capture`: CUDA graphs per (batch bucket, length bucket), else the same step uncaptured (CPU). `fuse`: each
+    bucket's step compiled with its decoder layers fused (fuse.py) before it is captured. `on_event(kind, data)`
+    hears "compiling", "capture" (one per bucket), "fuse_fallback" and "decode_fallback"."""
 
     def __init__(self, model: Any, *, slots: int, max_tokens: int, capture: bool, chunk_tokens: int = 32,
                  check_every: int = 8, batch_buckets: tuple[int, ...] | None = None, warmup: int = 2,
+                 fuse: bool = False, fuse_backend: Any = "inductor",
                  on_event: Callable[[str, dict], None] | None = None):
         self.model, self.slots, self.capture = model, max(1, int(slots)), capture
+        self.fuse, self.fuse_backend = fuse, fuse_backend
+        self.fuse_fallback: str | None = None
         self.chunk_tokens, self.check_every, self.warmup = chunk_tokens, max(1, check_every), warmup
         self.tokens = _round_up(int(max_tokens) + chunk_tokens, _ALIGN)
         # Buckets bound the number of graphs; uncaptured, nothing is gained by padding rows or positions.
-        exact = not capture and batch_buckets is None
+        exact = not capture and not fuse and batch_buckets is None
         buckets = range(1, self.slots + 1) if exact else (batch_buckets or BATCH_BUCKETS)
         self.batch_buckets = sorted({b for b in buckets if b < self.slots} | {self.slots})
         lengths, n = set(), (16 if exact else 128)
@@ -65,7 +69,7 @@ class ResidentDecoder:
                       "prefill_seconds": 0.0, "prefilled_rows": 0, "moved_rows": 0,
                       "stop_check_seconds": 0.0}  # host time testing stops (overlaps the GPU's next block)
         self.last_chunk: dict[str, Any] = {}
-        self.captures: list[dict] = []  # one per captured graph, kept after a fallback drops the graphs
+        self.captures: list[dict] = []  # one per bucket made ready (captured and/or compiled), kept after a fallback
 
     @classmethod
     def for_plan(cls, plan: Any, model: Any, *, capture: bool, slots: int | None = None, **kwargs: Any) -> "ResidentDecoder":
@@ -249,20 +253,33 @@ class ResidentDecoder:
             raise _Fallback(f"the static cache ({need / 1e9:.1f} GB) did not fit: {str(exc)[:120]}") from exc
         batch.warpers = _warpers(ctx.sampling)
         self.batch = batch
-        self.graphs = StepGraphs(batch, capture=self.capture, warmup=self.warmup,
-                                 on_capture=self._captured)
+        self.graphs = StepGraphs(batch, capture=self.capture, warmup=self.warmup, fuse=self.fuse,
+                                 fuse_backend=self.fuse_backend, emit=self._graph_event)
 
-    def _captured(self, info: dict) -> None:
-        self.captures.append(info)
-        self.emit("capture", info)
+    def _graph_event(self, kind: str, info: dict) -> None:
+        if kind == "capture":
+            self.captures.append(info)
+        elif kind == "fuse_fallback":
+            self.fuse_fallback = info["reason"]
+        self.emit(kind, info)
 
     # ------------------------------------------------------------------------------------------- report
     def report(self) -> dict[str, Any]:
+        from routerllm_cli.decode.fuse import compile_cache_dir
+
+        fused = [g for g in self.captures if g.get("fused")]
+        caches = {g["cache"] for g in fused}
         return {
             "captured": self.capture and self.fallback is None,
             "fallback": self.fallback,
             "capture_seconds": round(sum(g["seconds"] for g in self.captures), 4),
-            "graphs": len(self.captures),
+            "graphs": sum(1 for g in self.captures if g.get("captured")),
+            "fused": bool(fused) and self.fuse_fallback is None and self.fallback is None,
+            "fused_buckets": len(fused),
+            "fuse_fallback": self.fuse_fallback,
+            "compile_seconds": round(sum(g["compile_seconds"] for g in self.captures), 4),
+            "compile_cache": (caches.pop() if len(caches) == 1 else "mixed") if caches else None,
+            "compile_cache_dir": str(compile_cache_dir()) if self.fuse else None,
             "slots": self.slots, "max_tokens": self.tokens,
             "cache_bytes": self.batch.nbytes if self.batch is not None else None,
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.stats.items()},
@@ -336,18 +353,21 @@ class _StopCheck:
 
 
 def decoder_for(plan: Any, model: Any, requested: str, *, continuous: bool, sampling: bool, slots: int,
-                on_event: Callable[[str, dict], None] | None = None) -> tuple[ResidentDecoder | None, dict[str, Any]]:
-    """The decode path of a run (`requested` is bench.decode; the plan and the model decide the rest): the
-    choice as a dict (it is also sent as a "decode" event) and, for the compiled path, its decoder sized by the plan."""
+                fuse: str = "auto", on_event: Callable[[str, dict], None] | None = None
+                ) -> tuple[ResidentDecoder | None, dict[str, Any]]:
+    """The decode path of a run (`requested` is bench.decode, `fuse` bench.decode_fuse; the plan and the model
+    decide the rest): the choice as a dict (it is also sent as a "decode" event) and, for the compiled path, its
+    decoder sized by the plan."""
     from routerllm_cli.decode.choice import choose_decode
 
-    choice = choose_decode(requested, plan, continuous=continuous, model=model, sampling=sampling)
+    choice = choose_decode(requested, plan, continuous=continuous, model=model, sampling=sampling, fuse=fuse)
     info = choice.to_dict()
     if on_event is not None:
         on_event("decode", info)
     if choice.path != "compiled":
         return None, info
-    return ResidentDecoder.for_plan(plan, model, capture=choice.capture, slots=slots, on_event=on_event), info
+    return ResidentDecoder.for_plan(plan, model, capture=choice.capture, slots=slots, fuse=choice.fuse,
+                                    on_event=on_event), info
 
 
 def decode_report(info: dict[str, Any] | None, decoder: ResidentDecoder | None) -> dict[str, Any] | None:

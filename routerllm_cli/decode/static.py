@@ -4,6 +4,7 @@ Everything a decode step reads or writes lives in buffers allocated once: each s
 the column its key/value goes to, an attention mask of static length, and every layer's keys and values. The step
 updates them in place (the new token, +1 position, +1 column, that column of the mask made visible), so one step
 captured as a CUDA graph per (batch bucket, length bucket) replays with no host work and no host tensor at all.
+With fusion (`fuse.py`) each decoder layer of that step runs as one inductor-compiled function.
 Slots of a bucket that hold no answer are dummies: they attend to one finite column and write to the last one. Every
 row of a step is computed apart from the others, so a dummy cannot change a real row. On a CPU the same step runs
 uncaptured.
@@ -90,10 +91,12 @@ class StaticBatch:
         self.mask = torch.full((slots, 1, 1, tokens), self.hidden, dtype=mask_dtype, **kw)
         self.mask2d = self.mask.view(slots, tokens)
         self.hist = torch.zeros((slots, history), dtype=torch.long, **kw)
+        self.row_index = torch.arange(slots, dtype=torch.long, **kw)
         self.pad = pad
         self.logits: Any = None  # [slots, vocab] when sampling: the step leaves the pick to `select_sampled`
         self.warpers: list[Any] = []
         self.rows, self.length = slots, tokens
+        self.fusion: Any = None  # a fuse.LayerFusion while the step runs fused
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._swap = _sdpa_configs(model) if attn == "sdpa" else []
         if self._swap:
@@ -110,14 +113,19 @@ class StaticBatch:
     # ---------------------------------------------------------------------------- what the model calls
     def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         """Write this step's key/value of every row at its column; return the bucket's keys and values."""
+        return self.write_step(self.keys[layer_idx], self.values[layer_idx], key_states, value_states)
+
+    def write_step(self, keys: Any, values: Any, key_states: Any, value_states: Any) -> tuple[Any, Any]:
+        """Put row r's key/value at column write[r] of one layer's cache. `index_put_` rather than `scatter_`:
+        inductor writes an index_put into the cache in place, a scatter it computes into a copy of the whole
+        cache and copies back (twice the cache's bytes each step)."""
         if key_states.shape[2] != 1:
             raise UnsupportedStep("the static cache takes one token a step (prefill goes through generate)")
         b = self.rows
-        keys, values = self.keys[layer_idx][:b], self.values[layer_idx][:b]
-        at = self.write[:b].view(b, 1, 1, 1)
-        keys.scatter_(2, at.expand(b, key_states.shape[1], 1, key_states.shape[3]), key_states)
-        values.scatter_(2, at.expand(b, value_states.shape[1], 1, value_states.shape[3]), value_states)
-        return keys[:, :, :self.length], values[:, :, :self.length]
+        at = (self.row_index[:b], self.write[:b])
+        keys.transpose(1, 2).index_put_(at, key_states[:, :, 0])
+        values.transpose(1, 2).index_put_(at, value_states[:, :, 0])
+        return keys[:b, :, :self.length], values[:b, :, :self.length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         raise UnsupportedStep("the model reads the cache length on the host during a step")
@@ -137,7 +145,7 @@ class StaticBatch:
         """One token for rows [0, rows): device work only, so it can be captured."""
         b, length = self.rows, self.length
         self.mask2d[:b].scatter_(1, self.write[:b, None], self.visible)
-        with self._attention():
+        with self._attention(), (self.fusion.active() if self.fusion is not None else contextlib.nullcontext()):
             out = self.model(input_ids=self.ids[:b], position_ids=self.pos[:b],
                              attention_mask=self.mask[:b, :, :, :length], use_cache=True, **{self._cache_kw: self})
         logits = out.logits[:, -1, :]
@@ -216,24 +224,40 @@ class StaticBatch:
 
 class StepGraphs:
     """One runner per (rows, length) bucket: the step captured as a CUDA graph (a shared memory pool), or the
-    step itself when not capturing. `seconds` adds up what the captures took."""
+    step itself when not capturing. With `fuse`, each bucket's step is compiled (layers fused) before it is
+    captured; a compile or fused capture that fails leaves the unfused step, with the reason in `fuse_fallback`.
 
-    def __init__(self, batch: StaticBatch, *, capture: bool, warmup: int = 2,
-                 on_capture: Callable[[dict], None] | None = None):
+    `emit(kind, data)` hears "compiling" (before a bucket compiles), "capture" (one per bucket: capture and
+    compile seconds, how the compile cache answered) and "fuse_fallback"."""
+
+    def __init__(self, batch: StaticBatch, *, capture: bool, warmup: int = 2, fuse: bool = False,
+                 emit: Callable[[str, dict], None] | None = None, fuse_backend: Any = "inductor"):
         self.batch, self.capture, self.warmup = batch, capture, warmup
         self.graphs: dict[tuple[int, int], Any] = {}
-        self.captured: list[dict] = []
-        self.seconds = 0.0
+        self.captured: list[dict] = []  # one per bucket made ready: captured, or compiled uncaptured
+        self.seconds = 0.0  # capture and compile seconds so far
         self.pool: Any = None
-        self.on_capture = on_capture
+        self.emit = emit or (lambda kind, data: None)
+        self.fuse_fallback: str | None = None
+        self.fused_keys: set[tuple[int, int]] = set()
+        if fuse:
+            from routerllm_cli.decode.fuse import LayerFusion, UnsupportedFusion
+
+            try:
+                batch.fusion = LayerFusion(batch, backend=fuse_backend)
+            except UnsupportedFusion as exc:
+                self._unfuse(str(exc))
 
     def runner(self, rows: int, length: int) -> Callable[[], None]:
         self.batch.rows, self.batch.length = rows, length
-        if not self.capture:
-            return self.batch.step
         key = (rows, length)
+        if not self.capture:
+            if self.batch.fusion is not None and key not in self.fused_keys:
+                compile_s, cache = self._compile(key)
+                self._note(key, captured=False, compile_s=compile_s, cache=cache, capture_s=0.0)
+            return self.batch.step
         if key not in self.graphs:
-            self.graphs[key] = self._capture()
+            self.graphs[key] = self._capture(key)
         return self.graphs[key].replay
 
     def warm_up(self) -> None:
@@ -243,37 +267,86 @@ class StepGraphs:
 
         batch = self.batch
         saved = [t.clone() for t in batch.state()]
-        if batch.device.type == "cuda":
-            side = torch.cuda.Stream(device=batch.device)
-            side.wait_stream(torch.cuda.current_stream(batch.device))
-            with torch.cuda.stream(side):
+        try:
+            if batch.device.type == "cuda":
+                side = torch.cuda.Stream(device=batch.device)
+                side.wait_stream(torch.cuda.current_stream(batch.device))
+                with torch.cuda.stream(side):
+                    for _ in range(self.warmup):
+                        batch.step()
+                torch.cuda.current_stream(batch.device).wait_stream(side)
+            else:
                 for _ in range(self.warmup):
                     batch.step()
-            torch.cuda.current_stream(batch.device).wait_stream(side)
-        else:
-            for _ in range(self.warmup):
-                batch.step()
-        for t, s in zip(batch.state(), saved):
-            t.copy_(s)
+        finally:
+            for t, s in zip(batch.state(), saved):
+                t.copy_(s)
 
-    def _capture(self) -> Any:
-        """The documented recipe: warm up on a side stream (lazy inits happen outside the graph), put the state
-        back, capture once into the shared pool."""
+    def _unfuse(self, reason: str) -> None:
+        self.batch.fusion = None
+        self.fuse_fallback = reason
+        self.emit("fuse_fallback", {"reason": reason})
+
+    def _compile(self, key: tuple[int, int]) -> tuple[float, str | None]:
+        """The fused warm-up, where inductor compiles this bucket: (seconds, cache state). A failure unfuses."""
+        from routerllm_cli.decode.fuse import cache_state
+
+        fusion = self.batch.fusion
+        self.emit("compiling", {"batch": key[0], "tokens": key[1], "cache_dir": str(fusion.cache_dir)})
+        start = time.perf_counter()
+        try:
+            with fusion.compiling() as counts:
+                self.warm_up()
+        except UnsupportedStep:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compile failure leaves the unfused step, not the run
+            self._unfuse(f"compiling the fused step failed: {type(exc).__name__}: {_first_line(exc)}")
+            return 0.0, None
+        self.fused_keys.add(key)
+        return time.perf_counter() - start, cache_state(counts)
+
+    def _capture(self, key: tuple[int, int]) -> Any:
+        """The documented recipe: warm up on a side stream (lazy inits and compiling happen outside the graph),
+        put the state back, capture once into the shared pool."""
         import torch
 
-        batch, start = self.batch, time.perf_counter()
-        self.warm_up()
+        batch = self.batch
+        compile_s, cache = self._compile(key) if batch.fusion is not None else (0.0, None)
+        start = time.perf_counter()
+        if batch.fusion is None:
+            self.warm_up()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        try:
+            graph = self._record_graph()
+        except Exception as exc:  # noqa: BLE001 - the unfused step is captured instead
+            if batch.fusion is None:
+                raise
+            self.fused_keys.discard(key)
+            self._unfuse(f"capturing the fused step failed: {type(exc).__name__}: {_first_line(exc)}")
+            self.warm_up()
+            graph = self._record_graph()
+        self._note(key, captured=True, compile_s=compile_s, cache=cache, capture_s=time.perf_counter() - start)
+        return graph
+
+    def _record_graph(self) -> Any:
+        import torch
+
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            batch.step()
-        torch.cuda.synchronize(batch.device)
-        seconds = time.perf_counter() - start
-        self.seconds += seconds
-        info = {"batch": batch.rows, "tokens": batch.length, "seconds": round(seconds, 4),
-                "graphs": len(self.graphs) + 1, "total_seconds": round(self.seconds, 4)}
-        self.captured.append(info)
-        if self.on_capture is not None:
-            self.on_capture(info)
+            self.batch.step()
+        torch.cuda.synchronize(self.batch.device)
         return graph
+
+    def _note(self, key: tuple[int, int], **info: Any) -> None:
+        self.seconds += info["compile_s"] + info["capture_s"]
+        entry = {"batch": key[0], "tokens": key[1], "captured": info["captured"], "fused": key in self.fused_keys,
+                 "seconds": round(info["capture_s"], 4), "compile_seconds": round(info["compile_s"], 4),
+                 "cache": info["cache"], "graphs": len(self.captured) + 1, "total_seconds": round(self.seconds, 4)}
+        self.captured.append(entry)
+        self.emit("capture", entry)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:200]
