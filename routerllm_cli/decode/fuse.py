@@ -79,7 +79,9 @@ def decoder_layers(model: Any) -> list[Any]:
     if [getattr(getattr(layer, "self_attn", None), "layer_idx", None) for layer in found] != list(range(len(found))):
         raise UnsupportedFusion("the decoder layers do not carry their cache index as self_attn.layer_idx")
     for layer in found:
-        if "forward" in layer.__dict__ or getattr(layer, "_hf_hook", None) is not None:
+        own = layer.__dict__.get("forward")  # a hook replaces forward on the instance (a removed one leaves it bound)
+        if getattr(layer, "_hf_hook", None) is not None or (
+                own is not None and getattr(own, "__func__", None) is not type(layer).forward):
             raise UnsupportedFusion("the decoder layers have hooks on their forward (accelerate dispatch)")
     return found
 
@@ -131,14 +133,18 @@ class LayerFusion:
 
         import torch
 
+        saved = [layer.__dict__.get("forward") for layer in self.layers]
         for layer, view in zip(self.layers, self.views):
             layer.forward = functools.partial(self._call, layer, view)
         try:
             with torch._dynamo.config.patch(**_limits(torch._dynamo.config)):
                 yield
         finally:
-            for layer in self.layers:
-                layer.__dict__.pop("forward", None)
+            for layer, own in zip(self.layers, saved):
+                if own is None:
+                    layer.__dict__.pop("forward", None)
+                else:
+                    layer.forward = own
 
     @contextlib.contextmanager
     def compiling(self) -> Iterator[dict[str, int]]:
