@@ -16,7 +16,8 @@ floor at batch 1, >= 0.5 at batch 32, judged on the faster static path. `--budge
 start after it are skipped (and said so), so the JSON is complete before a caller's time limit.
 bench mode: three `routerllm bench` runs of the same model in subprocesses (eager, compiled, compiled again
 without execution for the second capture time): wall time, generation time including capture, pass@1, whether
-the answers are identical; the compiled run's samples.jsonl is copied under --out.
+the answers are identical; the compiled run's samples.jsonl is copied under --out. `--bench-fused` adds a run with
+`--decode-fuse on` (what auto does not pick for this small model), compile included.
 Each variant runs in its own try block: one failure is reported and the rest still run. JSON + log under --out.
 """
 
@@ -281,6 +282,8 @@ def bench(args, log: Log) -> None:
     r.update(mode="bench", versions=_versions(), config=json.loads(config.read_text()), runs={}, verdicts={})
     extra = ["--device", "cpu", "--batching", "continuous"] if args.device == "cpu" else []
     plan = [("eager", "eager", []), ("compiled", "compiled", []), ("compiled_again", "compiled", ["--skip-execution"])]
+    if args.bench_fused:  # what auto leaves out for this model: the fused step, compile included
+        plan.append(("compiled_fused", "compiled", ["--decode-fuse", "on", "--skip-execution"]))
     for label, decode, flags in plan:
         run_dir = work / label
         cmd = [sys.executable, "-m", "routerllm_cli", "bench", "--config", str(config), "--decode", decode,
@@ -301,6 +304,10 @@ def bench(args, log: Log) -> None:
             "answers_identical": len(same) == len(e["raw"]),
         }
         shutil.copy(work / "compiled" / "samples.jsonl", out / "samples_compiled.jsonl")
+    if "compiled" in runs and "compiled_fused" in runs:
+        c, f = runs["compiled"], runs["compiled_fused"]
+        r["fused"] = {"generation_ratio_to_unfused": round(f["generation_seconds"] / c["generation_seconds"], 3),
+                      "answers_identical": f["raw"] == c["raw"], "decode": f.get("decode")}
     for v in runs.values():
         v.pop("raw", None)
     log.say("verdicts: " + json.dumps(r.get("verdicts")) + "  identical: " + json.dumps(r.get("identical_answers")))
@@ -347,6 +354,8 @@ def main() -> int:
     ap.add_argument("--bench-n", type=int, default=164)
     ap.add_argument("--bench-max-new-tokens", type=int, default=384)
     ap.add_argument("--bench-timeout", type=float, default=200)
+    ap.add_argument("--bench-fused", action="store_true",
+                    help="bench mode: a fourth run with --decode-fuse on (compile included in its generation time)")
     ap.add_argument("--work", default="/tmp", help="bench mode: where the run folders go")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     args = ap.parse_args()
