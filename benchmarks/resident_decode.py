@@ -246,8 +246,8 @@ def kernel(args, log: Log) -> None:
     # batch 1 in float32 is for the record only: its fused compile is left out to keep the run short
     variant("float32", 1, prompts_for(1, args.prompt_tokens, vocab, ragged=False, seed=2), args.steps, fused=False)
     for key, name in (("tokens", "float32_tokens_equal"), ("fused_tokens", "float32_fused_tokens_equal")):
-        tokens = eq.get(key)
-        r["verdicts"][name] = bool(tokens and tokens["rows_equal"] == tokens["rows"])
+        tokens = eq.get(key)  # None: not measured (failed or skipped; see errors / skipped)
+        r["verdicts"][name] = None if tokens is None else tokens["rows_equal"] == tokens["rows"]
     log.attempt("to_bf16", model.to, torch.bfloat16)
     if device == "cuda":
         torch.cuda.empty_cache()
