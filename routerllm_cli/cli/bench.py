@@ -215,7 +215,7 @@ def decode_text(d: dict[str, Any]) -> str:
         text += (f"; layers fused: compiled in {d.get('compile_seconds', 0.0):.1f} s "
                  f"(cache {d.get('compile_cache')})")
     elif d.get("fuse_fallback"):
-        text += f"; unfused after a failed compile: {d['fuse_fallback']}"
+        text += f"; unfused: {d['fuse_fallback']}"
     return text
 
 
