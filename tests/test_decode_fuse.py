@@ -165,6 +165,19 @@ def test_layers_behind_hooks_are_not_fused_and_the_step_runs_unfused(tiny, tiny_
     assert len(decoder_layers(model)) == 4  # which is no hook
 
 
+def test_a_compile_cache_folder_that_cannot_be_made_leaves_the_unfused_step(tiny, tmp_path, monkeypatch):
+    model, tok, prompts = tiny
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("ROUTERLLM_CACHE", str(tmp_path / "a_file"))  # its torch_compile folder cannot be made
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    kw = dict(max_new_tokens=5)
+    single = {k: generation.generate_batch(model, tok, [p], **kw)[0] for k, p in prompts[:2]}
+    static, decoder = _decode(model, tok, prompts[:2], fuse=True, **kw)
+    _same(static, single)
+    report = decoder.report()
+    assert report["fuse_fallback"].startswith("fusion is unavailable: ") and report["fallback"] is None
+
+
 # --------------------------------------------------------------------------------------- the fused step
 @pytest.mark.slow
 def test_fused_step_answers_equal_generate_and_a_second_compile_is_answered_by_the_cache(tiny, tmp_path, monkeypatch):

@@ -247,6 +247,8 @@ class StepGraphs:
                 batch.fusion = LayerFusion(batch, backend=fuse_backend)
             except UnsupportedFusion as exc:
                 self._unfuse(str(exc))
+            except Exception as exc:  # noqa: BLE001 - no torch.compile, an unwritable cache folder: run unfused
+                self._unfuse(f"fusion is unavailable: {type(exc).__name__}: {_first_line(exc)}")
 
     def runner(self, rows: int, length: int) -> Callable[[], None]:
         self.batch.rows, self.batch.length = rows, length
