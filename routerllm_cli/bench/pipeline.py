@@ -170,7 +170,7 @@ def _run_bench(settings: Settings, *, spec: ModelSpec | None, run_dir: Path | No
                                                sampling=b.temperature > 0, slots=min(batch_size, len(items)),
                                                fuse=b.decode_fuse, on_event=emit)
             groups = generate_groups(generation, loaded, items, batch_size, stopping, b, stop, continuous, decoder,
-                                      on_step)
+                                     on_step)
         if todo:
             emit("generating", {"batch_size": batch_size, "style": style, "todo": len(items), "continuous": continuous})
             if spec.endpoint is None:
