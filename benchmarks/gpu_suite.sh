@@ -53,6 +53,16 @@ case "${1:-two_gpu}" in
   load_speed)
     step load_speed 90 python3 benchmarks/load_speed.py --dir /tmp/routerllm_plan_vs_actual/llama_h8192_l12
     ;;
+  resident_4bit)  # a random Llama in bitsandbytes 4-bit, all on the GPU: which decode path bench takes, and its speed
+    python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from gpu_load import build_checkpoint; \
+build_checkpoint(Path('/tmp/r4/llama'), dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, \
+num_key_value_heads=8, num_hidden_layers=16, vocab_size=32000, max_position_embeddings=4096))" > "$LOGS/r4_build.log" 2>&1
+    for mode in eager compiled; do
+      step "resident_4bit_$mode" 240 python3 -m routerllm_cli bench --model /tmp/r4/llama --4bit -n 32 --max-new-tokens 48 \
+        --skip-execution --decode "$mode" --run-dir "/tmp/r4/run_$mode" --json
+      cp "/tmp/r4/run_$mode/summary.json" "$LOGS/resident_4bit_$mode.json" 2>/dev/null
+    done
+    ;;
   multi_link)  # 2+ GPUs: each offloaded unit over every GPU's host link, against one link, stock and the floor
     step offload_multi_link 500 python3 benchmarks/offload_decode.py --tag multi_link --multi-link --variants bf16,nf4 --batches 1,32 --steps 8 --stock-steps 2 --sustain-s 0.5
     ;;
