@@ -108,7 +108,7 @@ def test_weights_that_fit_in_16bit_need_no_4bit():
 
 
 def test_4bit_with_cpu_offload_is_allowed_and_explained():
-    from routerllm_cli.config import check_fits
+    from routerllm_cli.fits import check_fits
 
     s = load_settings(None, large(name="llama3_405b", use_4bit=True, max_memory={0: "70GB", 1: "70GB", "cpu": "200GB"}))
     notes = check_fits(s.large, 405.85e9)

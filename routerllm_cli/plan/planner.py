@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from routerllm_cli.catalog import CATALOG, ModelRef, resolve_spec
-from routerllm_cli.config import ModelSpec, check_fits
+from routerllm_cli.config import ModelSpec
+from routerllm_cli.fits import check_fits
 from routerllm_cli.errors import ConfigError
 from routerllm_cli.estimates import Bandwidths
 from routerllm_cli.hardware import HardwareReport
