@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_suite.sh compare     compare, every policy, 164 problems, the two embedded models
 #   bash benchmarks/gpu_suite.sh multi_link  offload_decode.py --multi-link (needs 2+ GPUs: nvidia-h200-x2)
 #   bash benchmarks/gpu_suite.sh quantize_on_load [ARGS]   405B-shaped layers, 4-bit, most on the CPU (needs .whl)
+#   bash benchmarks/gpu_suite.sh split [ARGS]   split_decode.py: the 8B shape split over every GPU there (one GPU:
+#                                            --segments 2 on it), eager vs one captured graph per GPU's layers
 #   bash benchmarks/gpu_suite.sh resident    resident_decode.py: the 8B shape, eager vs the captured static step,
 #                                            then bench on 164 problems with --decode eager / compiled (SmolLM2
 #                                            chunks in /tmp/parts); resident_kernel / resident_bench run one half
@@ -93,6 +95,10 @@ num_key_value_heads=8, num_hidden_layers=16, vocab_size=32000, max_position_embe
       mkdir -p "/tmp/cmp_out/$policy" && cp /tmp/cmp/comparison.* /tmp/cmp/cost_quality.png "/tmp/cmp_out/$policy/" 2>/dev/null
     done
     tar -czf "$LOGS/compare.tgz" -C /tmp cmp_out cmp/models 2>/dev/null
+    ;;
+  split)  # a model split into segments (accelerate's hooks on every layer): eager vs one CUDA graph per GPU's layers
+    step split_decode 560 python3 benchmarks/split_decode.py --batches 1,32 "${@:2}"
+    cp /tmp/json/split_decode.json "$LOGS/" 2>/dev/null
     ;;
   resident|resident_kernel)
     step resident_kernel 240 python3 benchmarks/resident_decode.py --mode kernel

@@ -4,6 +4,7 @@ bucket, continuous batching kept (rows that end leave their slot, the next promp
 - `choice.py`    which path a run takes (`bench.decode: auto | eager | compiled`, `bench.decode_fuse: auto | on |
                  off`) and why
 - `static.py`    the static buffers, the step over them, and its CUDA graphs
+- `split.py`     the step of a model split over GPUs: one graph per GPU's run of layers, handed over between
 - `fuse.py`      the step's decoder layers compiled by inductor (kernel fusion), and where the compile cache lives
 - `resident.py`  the chunk decoder `generation.generate_continuous` runs: slots, prefill, stops, fallback
 """

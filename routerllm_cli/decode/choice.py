@@ -1,7 +1,7 @@
 """Which decode path a run takes, and why: the captured static step, or `generate` (eager).
 
-`auto` takes the captured step when every layer of the plan sits on one GPU and the model is one the static step
-can run; anything offloaded keeps the offload engine (its step is the host-to-GPU copy, which graphs do not
+`auto` takes the captured step when every layer of the plan sits on a GPU (one, or split over 2-3: one graph per
+GPU's layers, split.py) and the model is one the static step can run; anything offloaded keeps the offload engine (its step is the host-to-GPU copy, which graphs do not
 shorten). The reason is a sentence for the bench screen and the run summary.
 
 `bench.decode_fuse` (auto | on | off) says whether that step is compiled with its decoder layers fused first
@@ -129,15 +129,17 @@ def _choose_path(requested: str, plan: Any, *, continuous: bool, model: Any, sam
     if not gpus:
         return DecodeChoice("compiled", "no GPU for CUDA graphs: the static-cache step runs uncaptured",
                             False, requested)
-    if len(gpus) > 1:
-        return eager(f"layers split over GPUs {', '.join(map(str, gpus))}: the step is captured on a single GPU")
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
     if not cuda_available:
         return eager("CUDA is not available in this process")
-    reason = f"every layer on GPU {gpus[0]}: one CUDA graph per batch bucket"
+    if len(gpus) > 1:
+        reason = (f"layers split over GPUs {', '.join(map(str, gpus))}: each GPU's layers one CUDA graph per batch "
+                  "bucket, the hidden state handed from one GPU to the next")
+    else:
+        reason = f"every layer on GPU {gpus[0]}: one CUDA graph per batch bucket"
     if plan.quantization != "none":
         reason += f"; {plan.quantization} bitsandbytes layers are captured if they allow it, else eager"
     return DecodeChoice("compiled", reason, True, requested)

@@ -65,8 +65,10 @@ def use_compile_cache() -> Path:
     return path
 
 
-def decoder_layers(model: Any) -> list[Any]:
-    """The model's decoder layers in order, each with the `self_attn.layer_idx` its cache slot is read by."""
+def decoder_layers(model: Any, *, allow_hooks: bool = False) -> list[Any]:
+    """The model's decoder layers in order, each with the `self_attn.layer_idx` its cache slot is read by.
+    `allow_hooks`: the caller puts each layer's inputs on its device itself (split.py), so accelerate's hooks on
+    the layers may stay (they are called past)."""
     import torch
 
     found: list[Any] = []
@@ -78,7 +80,7 @@ def decoder_layers(model: Any) -> list[Any]:
         raise UnsupportedFusion("no decoder layer list (`model.layers`) found")
     if [getattr(getattr(layer, "self_attn", None), "layer_idx", None) for layer in found] != list(range(len(found))):
         raise UnsupportedFusion("the decoder layers do not carry their cache index as self_attn.layer_idx")
-    for layer in found:
+    for layer in [] if allow_hooks else found:
         own = layer.__dict__.get("forward")  # a hook replaces forward on the instance (a removed one leaves it bound)
         if getattr(layer, "_hf_hook", None) is not None or (
                 own is not None and getattr(own, "__func__", None) is not type(layer).forward):
@@ -90,11 +92,11 @@ class _LayerCache:
     """One layer's keys and values of the static batch: what its compiled forward is handed as the cache. It holds
     the tensors themselves, so no layer index reaches the compiled code and all layers share one compile."""
 
-    def __init__(self, batch: Any, keys: Any, values: Any):
-        self.batch, self.keys, self.values = batch, keys, values
+    def __init__(self, batch: Any, keys: Any, values: Any, index: tuple[Any, Any]):
+        self.batch, self.keys, self.values, self.index = batch, keys, values, index
 
     def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        return self.batch.write_step(self.keys, self.values, key_states, value_states)
+        return self.batch.write_step(self.keys, self.values, key_states, value_states, self.index)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         raise UnsupportedStep("the model reads the cache length on the host during a step")
@@ -114,10 +116,10 @@ class LayerFusion:
     def __init__(self, batch: Any, *, backend: Any = "inductor"):
         import torch
 
-        self.layers = decoder_layers(batch.model)
+        self.layers = decoder_layers(batch.model, allow_hooks=batch.split is not None)
         if len(self.layers) != len(batch.keys):
             raise UnsupportedFusion(f"{len(self.layers)} decoder layers but {len(batch.keys)} cache layers")
-        self.views = [_LayerCache(batch, k, v) for k, v in zip(batch.keys, batch.values)]
+        self.views = [_LayerCache(batch, k, v, at) for k, v, at in zip(batch.keys, batch.values, batch.index_of)]
         self.cache_dir = use_compile_cache()
         self.compiled = torch.compile(_layer_forward, backend=backend, fullgraph=True, dynamic=False)
         self.counts = {name: 0 for _, name in _COUNTERS}
@@ -127,17 +129,24 @@ class LayerFusion:
         kwargs.pop(cache_kw, None)
         return self.compiled(layer, view, cache_kw, args, kwargs)
 
+    def call(self, index: int, *args: Any, **kwargs: Any) -> Any:
+        """Decoder layer `index` through the compiled function (split.py calls the layers one by one)."""
+        return self._call(self.layers[index], self.views[index], *args, **kwargs)
+
+    def limits(self) -> Any:
+        import torch
+
+        return torch._dynamo.config.patch(**_limits(torch._dynamo.config))
+
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         import functools
-
-        import torch
 
         saved = [layer.__dict__.get("forward") for layer in self.layers]
         for layer, view in zip(self.layers, self.views):
             layer.forward = functools.partial(self._call, layer, view)
         try:
-            with torch._dynamo.config.patch(**_limits(torch._dynamo.config)):
+            with self.limits():
                 yield
         finally:
             for layer, own in zip(self.layers, saved):

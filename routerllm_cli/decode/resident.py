@@ -36,15 +36,17 @@ def _round_up(value: int, step: int) -> int:
 class ResidentDecoder:
     """A `generation.ChunkDecoder` over a static cache of `slots` rows x `max_tokens` positions (+ one chunk).
 
-    `capture`: CUDA graphs per (batch bucket, length bucket), else the same step uncaptured (CPU). `fuse`: each
-    bucket's step compiled with its decoder layers fused (fuse.py) before it is captured. `on_event(kind, data)`
+    `capture`: CUDA graphs per (batch bucket, length bucket), else the same step uncaptured (CPU); layers the plan
+    split over GPUs are captured as one graph per GPU (split.py). `fuse`: each bucket's step compiled with its
+    decoder layers fused (fuse.py) before it is captured. `on_event(kind, data)`
     hears "compiling", "capture" (one per bucket), "fuse_fallback" and "decode_fallback"."""
 
     def __init__(self, model: Any, *, slots: int, max_tokens: int, capture: bool, chunk_tokens: int = 32,
                  check_every: int = 8, batch_buckets: tuple[int, ...] | None = None, warmup: int = 2,
-                 fuse: bool = False, fuse_backend: Any = "inductor",
+                 fuse: bool = False, fuse_backend: Any = "inductor", segments: list[list[int]] | None = None,
                  on_event: Callable[[str, dict], None] | None = None):
         self.model, self.slots, self.capture = model, max(1, int(slots)), capture
+        self.segments = segments  # runs of decoder layers stepped as one graph each; None: one per device
         self.fuse, self.fuse_backend = fuse, fuse_backend
         self.fuse_fallback: str | None = None
         self.chunk_tokens, self.check_every, self.warmup = chunk_tokens, max(1, check_every), warmup
@@ -236,25 +238,28 @@ class ResidentDecoder:
     def _allocate(self, layers: list[tuple[Any, Any]], ctx: Any) -> None:
         import torch
 
-        k0 = layers[0][0]
-        need = sum(self.slots * self.tokens * (k.shape[1] * k.shape[3] * k.element_size()
-                                               + v.shape[1] * v.shape[3] * v.element_size()) for k, v in layers)
-        if k0.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(k0.device)
-            if need > FREE_USABLE * free:
-                raise _Fallback(f"the static cache ({need / 1e9:.1f} GB for {self.slots} rows x {self.tokens} "
-                                f"positions) does not fit the {free / 1e9:.1f} GB free on {k0.device}")
+        per_device: dict[Any, int] = {}
+        for k, v in layers:
+            per_device[k.device] = per_device.get(k.device, 0) + self.slots * self.tokens * (
+                k.shape[1] * k.shape[3] * k.element_size() + v.shape[1] * v.shape[3] * v.element_size())
+        need = sum(per_device.values())
+        for device, nbytes in per_device.items():
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                if nbytes > FREE_USABLE * free:
+                    raise _Fallback(f"the static cache ({nbytes / 1e9:.1f} GB for {self.slots} rows x {self.tokens} "
+                                    f"positions) does not fit the {free / 1e9:.1f} GB free on {device}")
         try:
             batch = StaticBatch(self.model, layers, slots=self.slots, tokens=self.tokens, history=self.chunk_tokens,
-                                pad=ctx.pad)
+                                pad=ctx.pad, segments=self.segments)
+            batch.warpers = _warpers(ctx.sampling)
+            graphs = StepGraphs(batch, capture=self.capture, warmup=self.warmup, fuse=self.fuse,
+                                fuse_backend=self.fuse_backend, emit=self._graph_event)
         except UnsupportedStep as exc:
             raise _Fallback(f"the static step cannot run this model: {exc}") from exc
         except torch.OutOfMemoryError as exc:
             raise _Fallback(f"the static cache ({need / 1e9:.1f} GB) did not fit: {str(exc)[:120]}") from exc
-        batch.warpers = _warpers(ctx.sampling)
-        self.batch = batch
-        self.graphs = StepGraphs(batch, capture=self.capture, warmup=self.warmup, fuse=self.fuse,
-                                 fuse_backend=self.fuse_backend, emit=self._graph_event)
+        self.batch, self.graphs = batch, graphs
 
     def _graph_event(self, kind: str, info: dict) -> None:
         if kind == "capture":
@@ -280,6 +285,9 @@ class ResidentDecoder:
             "compile_seconds": round(sum(g["compile_seconds"] for g in self.captures), 4),
             "compile_cache": (caches.pop() if len(caches) == 1 else "mixed") if caches else None,
             "compile_cache_dir": str(compile_cache_dir()) if self.fuse else None,
+            "segments": ([{"layers": [seg.layers[0], seg.layers[-1]], "device": str(seg.device)}
+                          for seg in self.batch.split.segments]
+                         if self.batch is not None and self.batch.split is not None else None),
             "slots": self.slots, "max_tokens": self.tokens,
             "cache_bytes": self.batch.nbytes if self.batch is not None else None,
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.stats.items()},

@@ -16,6 +16,7 @@ layer calls) with a ready 4-D mask, which transformers 5.17 and 5.24 both use as
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
 from typing import Any, Callable, Iterator
@@ -66,13 +67,16 @@ class StaticBatch:
     """`slots` rows of `tokens` positions on one device, and the decode step over the first `rows` of them,
     attending to their first `length` positions (the bucket; set it before running or capturing the step)."""
 
-    def __init__(self, model: Any, layers: list[tuple[Any, Any]], *, slots: int, tokens: int, history: int, pad: int):
+    def __init__(self, model: Any, layers: list[tuple[Any, Any]], *, slots: int, tokens: int, history: int, pad: int,
+                 segments: list[list[int]] | None = None):
         import torch
+
+        from routerllm_cli.decode.split import segments_by_device
 
         key0 = layers[0][0]
         self.model, self.slots, self.tokens, self.device = model, slots, tokens, key0.device
-        if any(k.device != self.device or v.device != self.device for k, v in layers):
-            raise UnsupportedStep("the layers' caches are on several devices")
+        if any(k.device != v.device for k, v in layers):
+            raise UnsupportedStep("a layer's keys and values are on two devices")
         attn = getattr(model.config, "_attn_implementation", None)
         mask_dtype = key0.dtype
         if attn == "sdpa":  # additive: SDPA turns transformers' boolean mask into 0/-inf itself, in every layer
@@ -82,8 +86,11 @@ class StaticBatch:
         else:
             raise UnsupportedStep(f"attention {attn!r} takes another mask than the static step builds")
         kw = dict(device=self.device)
-        self.keys = [torch.zeros((slots, k.shape[1], tokens, k.shape[3]), dtype=k.dtype, **kw) for k, _ in layers]
-        self.values = [torch.zeros((slots, v.shape[1], tokens, v.shape[3]), dtype=v.dtype, **kw) for _, v in layers]
+        # each layer's cache on the device of its layer (the plan may split the layers over GPUs)
+        self.keys = [torch.zeros((slots, k.shape[1], tokens, k.shape[3]), dtype=k.dtype, device=k.device)
+                     for k, _ in layers]
+        self.values = [torch.zeros((slots, v.shape[1], tokens, v.shape[3]), dtype=v.dtype, device=v.device)
+                       for _, v in layers]
         self.ids = torch.full((slots, 1), pad, dtype=torch.long, **kw)
         self.pos = torch.zeros((slots, 1), dtype=torch.long, **kw)
         self.write = torch.full((slots,), tokens - 1, dtype=torch.long, **kw)
@@ -92,6 +99,17 @@ class StaticBatch:
         self.mask2d = self.mask.view(slots, tokens)
         self.hist = torch.zeros((slots, history), dtype=torch.long, **kw)
         self.row_index = torch.arange(slots, dtype=torch.long, **kw)
+        # (rows, columns) each layer's write reads, on its own device: another GPU's copy of `write` is refreshed
+        # by the split step before that GPU's layers run
+        replicas = {self.device: (self.row_index, self.write)}
+        for k in self.keys:
+            if k.device not in replicas:
+                replicas[k.device] = (torch.arange(slots, dtype=torch.long, device=k.device),
+                                      torch.full((slots,), tokens - 1, dtype=torch.long, device=k.device))
+        self.index_of = [replicas[k.device] for k in self.keys]
+        # runs of layers on one device; more than one and the layers run as segments (split.SplitStep)
+        self.segments = segments or segments_by_device([k.device for k in self.keys])
+        self.split: Any = None
         self.pad = pad
         self.logits: Any = None  # [slots, vocab] when sampling: the step leaves the pick to `select_sampled`
         self.warpers: list[Any] = []
@@ -113,16 +131,18 @@ class StaticBatch:
     # ---------------------------------------------------------------------------- what the model calls
     def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         """Write this step's key/value of every row at its column; return the bucket's keys and values."""
-        return self.write_step(self.keys[layer_idx], self.values[layer_idx], key_states, value_states)
+        return self.write_step(self.keys[layer_idx], self.values[layer_idx], key_states, value_states,
+                               self.index_of[layer_idx])
 
-    def write_step(self, keys: Any, values: Any, key_states: Any, value_states: Any) -> tuple[Any, Any]:
-        """Put row r's key/value at column write[r] of one layer's cache. `index_put_` rather than `scatter_`:
-        inductor writes an index_put into the cache in place, a scatter it computes into a copy of the whole
-        cache and copies back (twice the cache's bytes each step)."""
+    def write_step(self, keys: Any, values: Any, key_states: Any, value_states: Any,
+                   index: tuple[Any, Any]) -> tuple[Any, Any]:
+        """Put row r's key/value at column write[r] of one layer's cache (`index`: the rows and columns on that
+        layer's device). `index_put_` rather than `scatter_`: inductor writes an index_put into the cache in
+        place, a scatter it computes into a copy of the whole cache and copies back (twice the cache's bytes)."""
         if key_states.shape[2] != 1:
             raise UnsupportedStep("the static cache takes one token a step (prefill goes through generate)")
         b = self.rows
-        at = (self.row_index[:b], self.write[:b])
+        at = (index[0][:b], index[1][:b])
         keys.transpose(1, 2).index_put_(at, key_states[:, :, 0])
         values.transpose(1, 2).index_put_(at, value_states[:, :, 0])
         return keys[:b, :, :self.length], values[:b, :, :self.length]
@@ -145,10 +165,12 @@ class StaticBatch:
         """One token for rows [0, rows): device work only, so it can be captured."""
         b, length = self.rows, self.length
         self.mask2d[:b].scatter_(1, self.write[:b, None], self.visible)
-        with self._attention(), (self.fusion.active() if self.fusion is not None else contextlib.nullcontext()):
+        layers = (self.split.active() if self.split is not None
+                  else self.fusion.active() if self.fusion is not None else contextlib.nullcontext())
+        with self._attention(), layers:
             out = self.model(input_ids=self.ids[:b], position_ids=self.pos[:b],
                              attention_mask=self.mask[:b, :, :, :length], use_cache=True, **{self._cache_kw: self})
-        logits = out.logits[:, -1, :]
+        logits = out.logits[:, -1, :].to(self.device)
         if self.greedy:
             picked = logits.argmax(dim=-1)
             self.ids[:b, 0].copy_(picked)
@@ -183,10 +205,11 @@ class StaticBatch:
         import torch
 
         idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+        on = self._on_devices(idx)
         width = prompt_mask.shape[1]
         for (k, v), keys, values in zip(layers, self.keys, self.values):
-            keys[:, :, :width].index_copy_(0, idx, k)
-            values[:, :, :width].index_copy_(0, idx, v)
+            keys[:, :, :width].index_copy_(0, on[keys.device], k)
+            values[:, :, :width].index_copy_(0, on[keys.device], v)
         rows = torch.full((len(slots), self.tokens), self.hidden, dtype=self.mask.dtype, device=self.device)
         rows[:, :width].masked_fill_(prompt_mask.to(self.device).bool(), self.visible)
         self.mask2d.index_copy_(0, idx, rows)
@@ -212,10 +235,14 @@ class StaticBatch:
             return
         import torch
 
-        s = torch.tensor(src, dtype=torch.long, device=self.device)
-        d = torch.tensor(dst, dtype=torch.long, device=self.device)
+        s = self._on_devices(torch.tensor(src, dtype=torch.long, device=self.device))
+        d = self._on_devices(torch.tensor(dst, dtype=torch.long, device=self.device))
         for buf in [*self.keys, *self.values, self.ids, self.pos, self.write, self.mask2d]:
-            buf.index_copy_(0, d, buf.index_select(0, s))
+            buf.index_copy_(0, d[buf.device], buf.index_select(0, s[buf.device]))
+
+    def _on_devices(self, index: Any) -> dict[Any, Any]:
+        """`index` on every device the cache uses."""
+        return {dev: index.to(dev) for dev in {self.device, *(k.device for k in self.keys)}}
 
     def state(self) -> list[Any]:
         """The small buffers a step advances (a warm-up run must leave them as they were)."""
@@ -240,6 +267,17 @@ class StepGraphs:
         self.emit = emit or (lambda kind, data: None)
         self.fuse_fallback: str | None = None
         self.fused_keys: set[tuple[int, int]] = set()
+        self.split_ready: set[tuple[int, int]] = set()
+        if len(batch.segments) > 1:
+            from routerllm_cli.decode.fuse import UnsupportedFusion, decoder_layers
+            from routerllm_cli.decode.split import SplitStep
+
+            try:
+                modules = decoder_layers(batch.model, allow_hooks=True)
+            except UnsupportedFusion as exc:
+                raise UnsupportedStep(str(exc)) from exc
+            batch.split = SplitStep(batch, modules, batch.segments, capture=capture, warmup=warmup,
+                                    on_unfuse=self._unfuse)
         if fuse:
             from routerllm_cli.decode.fuse import LayerFusion, UnsupportedFusion
 
@@ -253,6 +291,8 @@ class StepGraphs:
     def runner(self, rows: int, length: int) -> Callable[[], None]:
         self.batch.rows, self.batch.length = rows, length
         key = (rows, length)
+        if self.batch.split is not None:
+            return self.batch.step if key in self.split_ready else functools.partial(self._first_split_step, key)
         if not self.capture:
             if self.batch.fusion is not None and key not in self.fused_keys:
                 compile_s, cache = self._compile(key)
@@ -283,6 +323,30 @@ class StepGraphs:
         finally:
             for t, s in zip(batch.state(), saved):
                 t.copy_(s)
+
+    def _first_split_step(self, key: tuple[int, int]) -> None:
+        """A split model's first step of a bucket: each segment warms up (and compiles, fused) and is captured on
+        its own GPU as the step reaches it."""
+        from routerllm_cli.decode.fuse import cache_state
+
+        split, fusion = self.batch.split, self.batch.fusion
+        warm, captured = split.warm_seconds, split.capture_seconds
+        start = time.perf_counter()
+        if fusion is not None:
+            self.emit("compiling", {"batch": key[0], "tokens": key[1], "cache_dir": str(fusion.cache_dir)})
+        with fusion.compiling() if fusion is not None else contextlib.nullcontext({}) as counts:
+            self.batch.step()
+        fused = self.batch.fusion is not None
+        if fused:
+            self.fused_keys.add(key)
+        self.split_ready.add(key)
+        if self.capture:
+            compile_s = split.warm_seconds - warm if fused else 0.0
+            capture_s = split.capture_seconds - captured + (0.0 if fused else split.warm_seconds - warm)
+        else:
+            compile_s, capture_s = (time.perf_counter() - start if fused else 0.0), 0.0
+        self._note(key, captured=self.capture, compile_s=compile_s, cache=cache_state(counts) if fused else None,
+                   capture_s=capture_s)
 
     def _unfuse(self, reason: str) -> None:
         self.batch.fusion = None
