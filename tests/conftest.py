@@ -152,3 +152,19 @@ def embedded_tokenizer():
         return built[name]
 
     return get
+
+
+@pytest.fixture
+def gguf_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths gguf-py's GGUFReader is asked to parse during the test (a counting wrapper of the real one)."""
+    import gguf
+
+    made: list[str] = []
+    real = gguf.GGUFReader
+
+    def counting(path, mode="r"):
+        made.append(str(path))
+        return real(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    return made

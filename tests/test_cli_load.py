@@ -65,11 +65,16 @@ def test_unknown_offload_engine_is_a_usage_error(tiny_llama_dir):
 
 
 @pytest.mark.slow
-def test_embedded_gguf_default_model_loads_and_generates():
+def test_embedded_gguf_default_model_loads_and_generates(gguf_parses):
     """One real load of the default model (SmolLM2-135M GGUF) through the same plan -> load -> generate path,
-    with the CPU laptop config (float32: bf16 matmuls are far slower than fp32 on most CPUs)."""
+    with the CPU laptop config (float32: bf16 matmuls are far slower than fp32 on most CPUs). The plan's config,
+    the tokenizer and the weights share one parse of the file (they were four)."""
     result = run("--json", "--max-new-tokens", "8", "--config", str(CONFIGS / "laptop_cpu.yaml"))
     assert result.exit_code == 0, result.stderr
+    assert len(gguf_parses) == 1 and gguf_parses[0].endswith(".gguf")
+    from routerllm_cli.loading.gguf_reader import parses_held
+
+    assert parses_held() == 0  # the parse went with the load
     data = json.loads(result.stdout)
     assert data["model"] == "smollm2_135m" and data["plan"]["model"]["gguf_file"].endswith(".gguf")
     assert data["device_map_summary"]["cpu"]["layers"] == "0-29" and data["dtype"] == "float32"

@@ -145,14 +145,17 @@ def _run_bench(settings: Settings, *, spec: ModelSpec | None, run_dir: Path | No
             groups = source.answers(items, style, b, stop)
             continuous = True
         elif todo:
-            plan = loaded.plan if loaded is not None else plan_for(spec, settings, num_examples=len(todo))
-            emit("plan", {"plan": plan.to_dict(), "eta_seconds": plan.estimates.get("bench_seconds")})
-            if loaded is None:
-                from routerllm_cli.loading import load_model
+            from routerllm_cli.loading.gguf_reader import read_once
 
-                emit("loading", {"model": ref.name})
-                loaded = load_model(plan, spec, progress=lambda d: emit("load_progress", d))
-                emit("loaded", {"load_seconds": loaded.load_seconds, "attn": loaded.attn_implementation})
+            with read_once(bool(ref.gguf_file) and loaded is None):  # the plan and the load parse a GGUF once
+                plan = loaded.plan if loaded is not None else plan_for(spec, settings, num_examples=len(todo))
+                emit("plan", {"plan": plan.to_dict(), "eta_seconds": plan.estimates.get("bench_seconds")})
+                if loaded is None:
+                    from routerllm_cli.loading import load_model
+
+                    emit("loading", {"model": ref.name})
+                    loaded = load_model(plan, spec, progress=lambda d: emit("load_progress", d))
+                    emit("loaded", {"load_seconds": loaded.load_seconds, "attn": loaded.attn_implementation})
             load_seconds = loaded.load_seconds if owns_model else 0.0
             from routerllm_cli import generation
 

@@ -19,6 +19,7 @@ from routerllm_cli.loading.failures import translate_load_error
 from routerllm_cli.loading.placement import (PeakRSS, first_input_device, gpu_indices, measure_memory,
                                              offloaded_devices, summarize_placement)
 from routerllm_cli.loading.progress import WeightsProgress, transformers_progress
+from routerllm_cli.loading.gguf_reader import read_once
 from routerllm_cli.loading.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ def load_model(plan: "DevicePlan", spec: "ModelSpec", *, progress: Progress | No
     notes: list[str] = [sdpa_note] if sdpa_note else []
     peak = PeakRSS()
     try:
-        with peak:
+        with peak, read_once(bool(plan.model.gguf_file)):
             model, tokenizer, ckpt, summary, input_device, engine, attn, why = _load(
                 plan, spec, attn, folder, token, notes, emit, progress)
             attn_reason = why or attn_reason
@@ -410,14 +411,16 @@ def load_and_test(settings: Any, spec: "ModelSpec | None" = None, *, prompt: str
                   on_plan: Callable[["DevicePlan"], None] | None = None) -> dict:
     """Plan on the probed hardware (`plan.plan_for_run`), refuse a no-go plan, load, run one greedy generation,
     close. Returns the load summary plus "plan" and "generation" (what `routerllm load --json` prints)."""
+    from routerllm_cli.catalog import resolve_model_spec
     from routerllm_cli.plan import plan_for_run, require_go
 
     spec = spec or settings.large
-    plan = plan_for_run(settings, "load", spec=spec, hardware=hardware, max_new_tokens=max_new_tokens)
-    if on_plan is not None:
-        on_plan(plan)
-    require_go(plan, "load")
-    loaded = load_model(plan, spec, progress=progress, token=settings.hf_token)
+    with read_once(bool(resolve_model_spec(spec).gguf_file)):  # the plan and the load parse a GGUF file once
+        plan = plan_for_run(settings, "load", spec=spec, hardware=hardware, max_new_tokens=max_new_tokens)
+        if on_plan is not None:
+            on_plan(plan)
+        require_go(plan, "load")
+        loaded = load_model(plan, spec, progress=progress, token=settings.hf_token)
     try:
         generation = test_generation(loaded, prompt, max_new_tokens)
         return {**loaded.summary(), "plan": plan.to_dict(), "generation": generation}
