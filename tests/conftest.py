@@ -168,3 +168,24 @@ def gguf_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(gguf, "GGUFReader", counting)
     return made
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp32():
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct GGUF, dequantized to float32 (exact arithmetic on a
+    CPU makes batched == one by one), loaded once for the session with one parse of its file. Shared: a test may
+    not change it (copy its config before editing it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from routerllm_cli.catalog import resolve_model
+    from routerllm_cli.loading.gguf_reader import read_once
+
+    ref = resolve_model("smollm2_135m")
+    with read_once(True):
+        tok = AutoTokenizer.from_pretrained(ref.model_id, gguf_file=ref.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype=torch.float32)
+    tok.padding_side = "left"  # as generation.py sets it on first use: the same tokenizer whatever test runs first
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok

@@ -95,22 +95,21 @@ def test_endpoint_bench_gives_the_answers_of_a_local_bench(tiny_server, tiny_dir
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(tmp_path_factory):
+def smollm2_server(tmp_path_factory, smollm2_fp32):
     """SmolLM2 (the embedded model) dequantized to float32 and saved once, behind the server."""
+    import copy
+
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from routerllm_cli.catalog import resolve_model
-
-    ref = resolve_model("smollm2_135m")
+    dequantized, tok = smollm2_fp32
     saved = tmp_path_factory.mktemp("smollm2") / "smollm2"
-    dequantized = AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype="float32")
-    config = dequantized.config
+    config = copy.deepcopy(dequantized.config)  # the session's model is shared: its own config stays as it is
     config.__dict__.pop("quantization_config", None)  # the weights are float32 now; a GGUF model refuses to save
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(dequantized.state_dict())
     plain.save_pretrained(saved)
-    AutoTokenizer.from_pretrained(ref.model_id, gguf_file=ref.gguf_file).save_pretrained(saved)
+    tok.save_pretrained(saved)
     server = OpenAIServer(saved, saved.parent / "serve.log").start()
     yield server, saved
     server.stop()

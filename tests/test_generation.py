@@ -159,17 +159,9 @@ def test_measured_free_memory_can_only_lower_the_plans_batch(small_gpu_plans):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    """The embedded SmolLM2-135M-Instruct GGUF in fp32 (exact arithmetic on CPU makes batch == single exact)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from routerllm_cli.catalog import resolve_model
-
-    ref = resolve_model("smollm2_135m")
-    tok = AutoTokenizer.from_pretrained(ref.model_id, gguf_file=ref.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype=torch.float32)
-    return model, tok
+def smollm2(smollm2_fp32):
+    """The embedded SmolLM2-135M-Instruct GGUF in fp32 (the session's one load, conftest.py)."""
+    return smollm2_fp32
 
 
 @pytest.mark.slow

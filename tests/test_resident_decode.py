@@ -184,15 +184,8 @@ def test_other_validated_architectures_answer_as_generate_does(tiny, kind):
 
 # --------------------------------------------------------------------------------------- the embedded model
 @pytest.mark.slow
-def test_smollm2_static_step_equals_generate_on_humaneval_with_refill_and_stops():
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from routerllm_cli.catalog import resolve_model
-
-    ref = resolve_model("smollm2_135m")
-    tok = AutoTokenizer.from_pretrained(ref.model_id, gguf_file=ref.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(ref.model_id, gguf_file=ref.gguf_file, dtype=torch.float32)
+def test_smollm2_static_step_equals_generate_on_humaneval_with_refill_and_stops(smollm2_fp32):
+    model, tok = smollm2_fp32
     assert unsupported_reason(model) is None
     chosen = humaneval.select(humaneval.load_problems("package")[0], task_ids=["23", "27", "24", "45"])
     prompts = [(p["task_id"], humaneval.build_prompt(p, tok, "instruct")) for p in chosen]
