@@ -29,6 +29,19 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models on a shared 2-core box: a second intra-op thread spin-waits on a busy core and made these
+    generations 5-20x slower when measured; one thread gives the same tokens. A module asks for it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                   num_hidden_layers=4, vocab_size=512, max_position_embeddings=256, tie_word_embeddings=False,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2)

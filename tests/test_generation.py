@@ -17,16 +17,7 @@ PROMPTS = [
 NEW = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared 2-core box: a second intra-op thread spin-waits on a busy core and made these
-    generations 5-20x slower when measured; one thread gives the same tokens."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

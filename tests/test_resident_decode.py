@@ -14,17 +14,12 @@ from routerllm_cli import generation, humaneval
 from routerllm_cli.cli.app import app
 from routerllm_cli.decode import ResidentDecoder, choose_decode, unsupported_reason
 
+from answers import assert_same_answers as _same
+
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load(path, **kw):
@@ -50,11 +45,6 @@ def _static(model, tok, prompts, *, slots, chunk=4, max_tokens=400, capture=Fals
     return out, decoder
 
 
-def _same(a, b):
-    assert set(a) == set(b)
-    for key in a:
-        assert (a[key].text, a[key].new_tokens, a[key].stopped_by) == (b[key].text, b[key].new_tokens,
-                                                                      b[key].stopped_by), key
 
 
 @pytest.mark.parametrize("stops", [(), ("\n", "e")])

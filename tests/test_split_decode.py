@@ -11,15 +11,10 @@ from routerllm_cli import generation, humaneval
 from routerllm_cli.decode import ResidentDecoder, choose_decode
 from routerllm_cli.decode.split import segments_by_device
 
+from answers import assert_same_answers as _same
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(path):
@@ -47,11 +42,6 @@ def _split(model, tok, prompts, segments, *, fuse=False, backend="inductor", eve
     return out, decoder
 
 
-def _same(a, b):
-    assert set(a) == set(b)
-    for key in a:
-        assert (a[key].text, a[key].new_tokens, a[key].stopped_by) == (b[key].text, b[key].new_tokens,
-                                                                      b[key].stopped_by), key
 
 
 def _single(model, tok, prompts, **kw):
