@@ -73,6 +73,7 @@ def endpoint_settings(server, results: Path, *, endpoint: dict | None = None, se
 # --- the same answers as a local run ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_endpoint_bench_gives_the_answers_of_a_local_bench(tiny_server, tiny_dir, tmp_path):
     """Greedy, float32, base prompts: every saved field that depends on the model is the same whether routerllm
     ran the model (in batches of 8) or sent the prompts to a server (4 at a time, one by one there)."""
@@ -142,6 +143,7 @@ def test_a_real_model_through_the_endpoint_answers_as_it_does_locally(smollm2_se
 # --- a server that dies -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_server_then_restart_and_resume_loses_and_repeats_nothing(tiny_dir, tmp_path):
     server = OpenAIServer(tiny_dir, tmp_path / "serve.log").start()
     config = tmp_path / "endpoint.yaml"
@@ -182,6 +184,7 @@ def test_killed_server_then_restart_and_resume_loses_and_repeats_nothing(tiny_di
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_server_gone_mid_run_raises_after_its_retries_and_keeps_the_answers(tiny_dir, tmp_path):
     server = OpenAIServer(tiny_dir, tmp_path / "serve.log").start()
     # answers long enough (a second or so each) that the kill lands while the next one is in flight
@@ -203,6 +206,7 @@ def test_a_server_gone_mid_run_raises_after_its_retries_and_keeps_the_answers(ti
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_stop_request_lets_the_requests_in_flight_land_and_the_run_resumes(tiny_server, tmp_path):
     from routerllm_cli.bench import BenchInterrupted, StopSignal
 
@@ -241,12 +245,14 @@ def test_a_refused_connection_is_one_line_naming_the_url(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_wrong_path_is_not_an_api_base(tiny_server):
     result = bench_cli("--model", f"openai:{tiny_server.url[:-3]}/v2#x")
     assert result.exit_code == 2
     assert "not an OpenAI-compatible API base" in result.stderr and "fix:" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_model_names_what_the_server_lists(tiny_server, tiny_dir):
     result = bench_cli("--model", endpoint_model(tiny_server, "meta-llama/Llama-3.1-405B-Instruct"))
     assert result.exit_code == 2
@@ -254,6 +260,7 @@ def test_an_unknown_model_names_what_the_server_lists(tiny_server, tiny_dir):
     assert "does not serve 'meta-llama/Llama-3.1-405B-Instruct'" in line and str(tiny_dir) in line
 
 
+@pytest.mark.slow
 def test_a_missing_completions_route_suggests_instruct_and_instruct_works(chat_only_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MY_VLLM_KEY", "sk-test-9f3e1c7a55d24b0e")
     config = tmp_path / "c.yaml"
@@ -277,6 +284,7 @@ def _chat_model(server: OpenAIServer) -> str:
         return json.load(r)["data"][0]["id"]
 
 
+@pytest.mark.slow
 def test_a_refused_key_and_a_missing_key_variable(chat_only_server, tmp_path, monkeypatch):
     model = ["--model", f"openai:{chat_only_server.url}#{_chat_model(chat_only_server)}"]
     result = bench_cli(*model)  # no key configured
@@ -288,6 +296,7 @@ def test_a_refused_key_and_a_missing_key_variable(chat_only_server, tmp_path, mo
     assert result.exit_code == 2 and "UNSET_KEY_VAR, which is not set" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_api_key_never_lands_in_run_files_or_output(chat_only_server, tmp_path, monkeypatch):
     key = "sk-test-9f3e1c7a55d24b0e"
     monkeypatch.setenv("MY_VLLM_KEY", key)
@@ -315,6 +324,7 @@ def test_the_api_key_never_lands_in_run_files_or_output(chat_only_server, tmp_pa
 # --- compare: a pool of a local model and an endpoint -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_pool_mixes_a_local_model_and_an_endpoint(tiny_server, tiny_dir, tmp_path):
     from routerllm_cli.compare import run_compare
 

@@ -184,6 +184,7 @@ def test_a_key_with_no_near_name_keeps_the_plain_message(tmp_path):
 # --- the hub check ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_network_error_on_the_hub_check_is_not_told_to_accept_a_license(tmp_path):
     with socket.socket() as s:  # a port nothing listens on: connection refused, a real network error
         s.bind(("127.0.0.1", 0))
@@ -208,6 +209,7 @@ def _preflight_screen(*args: str) -> list[str]:
     return (proc.stderr + proc.stdout).splitlines()
 
 
+@pytest.mark.slow
 def test_preflight_fits_an_80x24_pane_with_the_verdict_and_fixes_last():
     lines = _preflight_screen("--config", str(Path(__file__).parents[1] / "configs" / "laptop_cpu.yaml"))
     assert len(lines) <= 23 and lines[-1].startswith("verdict: GO")  # 23 rows + the prompt
