@@ -35,13 +35,14 @@ def segments_by_device(devices: list[Any]) -> list[list[int]]:
     return out
 
 
-def _to(value: Any, device: Any) -> Any:
+def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """`fn` on every tensor of a layer argument (a tensor, or a tuple of them such as the rotary angles)."""
     import torch
 
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return fn(value)
     if isinstance(value, tuple):
-        return tuple(_to(v, device) for v in value)
+        return tuple(_map(v, fn) for v in value)
     return value
 
 
@@ -55,21 +56,11 @@ def _tensors(value: Any) -> list[Any]:
     return []
 
 
-def _clone(value: Any) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
-    return value
-
-
 class _SegmentGraph:
     """One segment's graph for one bucket: its static inputs, the graph, and the output it leaves."""
 
     def __init__(self, hidden: Any, kwargs: dict[str, Any]):
-        self.hidden, self.kwargs = _clone(hidden), {k: _clone(v) for k, v in kwargs.items()}
+        self.hidden, self.kwargs = hidden.clone(), {k: _map(v, lambda t: t.clone()) for k, v in kwargs.items()}
         self.inputs = [self.hidden, *(t for v in self.kwargs.values() for t in _tensors(v))]
         self.graph: Any = None
         self.out: Any = None
@@ -111,10 +102,6 @@ class SplitStep:
         self.warm_seconds = 0.0  # warm-ups (a fused layer compiles there) and captures, per bucket made ready
         self.capture_seconds = 0.0
 
-    @property
-    def devices(self) -> list[Any]:
-        return [seg.device for seg in self.segments]
-
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """The first layer of each segment runs the segment; the others pass the hidden state on."""
@@ -146,7 +133,7 @@ class SplitStep:
     def _run(self, seg: Segment, hidden_states: Any, **kwargs: Any) -> Any:
         batch = self.batch
         hidden = hidden_states.to(seg.device)
-        kwargs = {k: _to(v, seg.device) for k, v in kwargs.items()}
+        kwargs = {k: _map(v, lambda t: t.to(seg.device)) for k, v in kwargs.items()}
         rows, write = batch.index_of[seg.layers[0]]
         if write is not batch.write:
             write.copy_(batch.write)  # this GPU's copy of each row's cache column
